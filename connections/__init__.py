@@ -1,0 +1,1 @@
+"""ServiceNow connections: the HTTP API, its validation, storage and credential checks."""

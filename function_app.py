@@ -1,0 +1,14 @@
+"""The Automate365 Connections function app: one FunctionApp, its functions in blueprints.
+
+Importing this module makes no network call and creates no SDK client; clients are created
+lazily, on first use, by the modules that need them.
+"""
+
+import azure.functions as func
+
+from connections.api import bp as connections_api
+from renewal.triggers import bp as renewal_triggers
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(connections_api)
+app.register_functions(renewal_triggers)

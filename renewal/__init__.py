@@ -1,0 +1,1 @@
+"""Unattended renewal of connection credentials and the notices it sends."""
