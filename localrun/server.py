@@ -51,7 +51,10 @@ class BackgroundServer:
 
     def start(self) -> "BackgroundServer":
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=self.name, daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=self.name,
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -69,9 +72,7 @@ class BackgroundServer:
         self.stop()
 
 
-def json_reply(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
+def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         json.dumps(body), status=status, headers=headers, content_type="application/json"
     )

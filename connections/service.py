@@ -1,0 +1,294 @@
+"""What the Connections API does: plain functions that take their clients as parameters."""
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import AzureError
+
+from connections import errors
+from connections.errors import ApiError, FieldError
+from connections.model import (
+    API_TOKEN,
+    CONNECTED,
+    EXPIRED,
+    EXPIRING,
+    INVALID_CREDENTIALS,
+    OAUTH2,
+    RENEWAL_FAILED,
+    SECRET_KINDS,
+    UNREACHABLE,
+    Connection,
+    format_time,
+    parse_time,
+)
+from connections.outbound import OutboundPolicy
+from connections.secrets import SecretStore
+from connections.servicenow import (
+    ApiTokenCredentials,
+    Proof,
+    Rejected,
+    ServiceNowClient,
+    TokenGrant,
+    Unreachable,
+)
+from connections.store import ConnectionStore
+from connections.validation import ConnectionInput, validate_create, validate_patch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REMINDER_DAYS = (14, 3, 1)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Services:
+    store: ConnectionStore
+    secrets: SecretStore
+    servicenow: ServiceNowClient
+    policy: OutboundPolicy
+    clock: Callable[[], datetime] = utc_now
+    reminder_days: tuple[int, ...] = DEFAULT_REMINDER_DAYS
+
+
+# -- proofs -------------------------------------------------------------------------------
+
+
+def _prove(services: Services, instance_url: str, auth: dict[str, Any], secrets: dict) -> Proof:
+    client = services.servicenow
+    if auth["method"] == API_TOKEN:
+        credentials = ApiTokenCredentials(
+            secrets["api_token"], auth["parameter_name"], auth["parameter_type"]
+        )
+        return client.prove_api_token(instance_url, credentials)
+    return client.prove_oauth(instance_url, auth["client_id"], secrets["client_secret"])
+
+
+def _prove_or_raise(
+    services: Services, instance_url: str, auth: dict[str, Any], secrets: dict
+) -> Proof:
+    secret_field = "auth.api_token" if auth["method"] == API_TOKEN else "auth.client_secret"
+    try:
+        return _prove(services, instance_url, auth, secrets)
+    except Rejected as exc:
+        raise errors.credentials_rejected(exc.message, secret_field) from None
+    except Unreachable as exc:
+        raise errors.instance_unreachable(exc.message) from None
+
+
+def _token_status(auth: dict[str, Any], now: datetime, reminder_days: tuple[int, ...]) -> tuple:
+    """(status, detail) that an API token's customer-given expiry implies, or (None, None)."""
+    expires_at = parse_time(auth.get("expires_at"))
+    if auth["method"] != API_TOKEN or expires_at is None:
+        return None, None
+    if expires_at <= now:
+        return EXPIRED, f"The API token expired on {format_time(expires_at)}."
+    if reminder_days and expires_at - now <= timedelta(days=max(reminder_days)):
+        return EXPIRING, f"The API token expires on {format_time(expires_at)}; replace it before."
+    return None, None
+
+
+def _reject_past_expiry(spec: ConnectionInput, now: datetime) -> None:
+    expires_at = parse_time(spec.auth.get("expires_at"))
+    if expires_at is not None and expires_at <= now:
+        detail = FieldError("auth.expires_at", "Is in the past: give the token's real expiry.")
+        raise errors.validation_error([detail])
+
+
+def _apply_proof(connection: Connection, proof: Proof, services: Services, now: datetime) -> None:
+    status, detail = _token_status(connection.auth, now, services.reminder_days)
+    connection.status = status or CONNECTED
+    connection.status_detail = detail or proof.detail
+    connection.capabilities = proof.capabilities
+    connection.last_checked_at = now
+    if proof.grant is not None:
+        expires_at = now + timedelta(seconds=proof.grant.expires_in)
+        connection.auth["token_expires_at"] = format_time(expires_at)
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+def _write_secrets(
+    services: Services, connection: Connection, given: dict[str, str], grant: TokenGrant | None
+) -> dict[str, str]:
+    """Writes new versions of the given secrets (and the grant's tokens); returns their versions."""
+    values = dict(given)
+    token_expiry = parse_time(connection.auth.get("token_expires_at"))
+    if grant is not None:
+        values["access_token"] = grant.access_token
+        if grant.refresh_token:
+            values["refresh_token"] = grant.refresh_token
+    versions = {}
+    for kind, value in values.items():
+        expires_on = token_expiry if kind == "access_token" else None
+        if kind == "api_token":
+            expires_on = parse_time(connection.auth.get("expires_at"))
+        versions[kind] = services.secrets.put(
+            connection.tenant_id, connection.id, kind, value, expires_on
+        )
+    return versions
+
+
+def _discard_secrets(services: Services, connection_id: str, kinds: list[str]) -> None:
+    """Best effort: secrets no record refers to are unreachable, and purging them tidies up."""
+    try:
+        services.secrets.purge(connection_id, kinds)
+    except AzureError:
+        log.warning(
+            "could not purge secrets of connection %s; no record refers to them", connection_id
+        )
+
+
+def _read_secrets(services: Services, connection: Connection, kinds: tuple[str, ...]) -> dict:
+    return {
+        kind: services.secrets.get(connection.id, kind, connection.secret_versions.get(kind))
+        for kind in kinds
+        if kind in connection.secret_versions
+    }
+
+
+# -- operations ---------------------------------------------------------------------------
+
+
+def create_connection(services: Services, tenant_id: str, body: dict[str, Any]) -> Connection:
+    spec = validate_create(body, services.policy)
+    now = services.clock()
+    _reject_past_expiry(spec, now)
+    services.store.ensure_name_free(tenant_id, spec.name)
+    proof = _prove_or_raise(services, spec.instance_url, spec.auth, spec.secrets)
+    connection = Connection(
+        id=uuid.uuid4().hex,
+        tenant_id=tenant_id,
+        name=spec.name,
+        instance_url=spec.instance_url,
+        auth=spec.auth,
+        created_at=now,
+        updated_at=now,
+        notify_emails=spec.notify_emails,
+    )
+    _apply_proof(connection, proof, services, now)
+    try:
+        connection.secret_versions = _write_secrets(services, connection, spec.secrets, proof.grant)
+        return services.store.add(connection)
+    except (ApiError, AzureError):
+        _discard_secrets(services, connection.id, list(SECRET_KINDS[connection.method]))
+        raise
+
+
+def get_connection(services: Services, tenant_id: str, connection_id: str) -> Connection:
+    return services.store.get(tenant_id, connection_id)
+
+
+def list_connections(
+    services: Services, tenant_id: str, limit: int, cursor: str | None
+) -> tuple[list[Connection], str | None]:
+    return services.store.list(tenant_id, limit, cursor)
+
+
+def _check_if_match(connection: Connection, if_match: str | None) -> None:
+    if if_match and if_match.strip() != "*" and if_match.strip() != connection.etag:
+        raise errors.precondition_failed()
+
+
+def _as_create_body(connection: Connection) -> dict[str, Any]:
+    auth = {"method": connection.method}
+    if connection.method == API_TOKEN:
+        auth["parameter_name"] = connection.auth["parameter_name"]
+        auth["parameter_type"] = connection.auth["parameter_type"]
+        if connection.auth.get("expires_at"):
+            auth["expires_at"] = connection.auth["expires_at"]
+    else:
+        auth["client_id"] = connection.auth["client_id"]
+    return {
+        "type": connection.type,
+        "name": connection.name,
+        "instance_url": connection.instance_url,
+        "auth": auth,
+        "notify_emails": list(connection.notify_emails),
+    }
+
+
+def update_connection(
+    services: Services,
+    tenant_id: str,
+    connection_id: str,
+    patch: dict[str, Any],
+    if_match: str | None = None,
+) -> Connection:
+    connection = services.store.get(tenant_id, connection_id)
+    _check_if_match(connection, if_match)
+    result = validate_patch(_as_create_body(connection), patch, services.policy)
+    spec = result.connection
+    now = services.clock()
+    _reject_past_expiry(spec, now)
+    previous_name, previous_method = connection.name, connection.method
+    proof = None
+    if result.needs_proof:
+        kinds = () if result.method_changed else SECRET_KINDS[connection.method]
+        secrets = {**_read_secrets(services, connection, kinds), **spec.secrets}
+        proof = _prove_or_raise(services, spec.instance_url, spec.auth, secrets)
+    token_expires_at = connection.auth.get("token_expires_at")
+    connection.name, connection.instance_url = spec.name, spec.instance_url
+    connection.auth, connection.notify_emails = spec.auth, spec.notify_emails
+    if not result.method_changed and token_expires_at:
+        connection.auth["token_expires_at"] = token_expires_at
+    connection.updated_at = now
+    if proof is not None:
+        _apply_proof(connection, proof, services, now)
+        new_versions = _write_secrets(services, connection, spec.secrets, proof.grant)
+        base = {} if result.method_changed else connection.secret_versions
+        connection.secret_versions = {**base, **new_versions}
+    else:
+        status, detail = _token_status(connection.auth, now, services.reminder_days)
+        if status is None and connection.status in (EXPIRING, EXPIRED):
+            status, detail = CONNECTED, "The API token's expiry was changed."
+        if status:
+            connection.status, connection.status_detail = status, detail
+    services.store.replace(connection, previous_name)
+    if result.method_changed:
+        _discard_secrets(services, connection.id, list(SECRET_KINDS[previous_method]))
+    return connection
+
+
+def delete_connection(
+    services: Services, tenant_id: str, connection_id: str, if_match: str | None = None
+) -> None:
+    connection = services.store.get(tenant_id, connection_id)
+    _check_if_match(connection, if_match)
+    services.store.delete(connection)
+    _discard_secrets(services, connection.id, list(SECRET_KINDS[connection.method]))
+
+
+def _failure_status(connection: Connection, failure: Exception) -> str:
+    if isinstance(failure, Unreachable):
+        return UNREACHABLE
+    if connection.method == OAUTH2 and getattr(failure, "stage", "") == "token":
+        return RENEWAL_FAILED
+    return INVALID_CREDENTIALS
+
+
+def check_connection(services: Services, tenant_id: str, connection_id: str) -> Connection:
+    """Proves the stored credentials now (renews the OAuth token) and stores the new status."""
+    connection = services.store.get(tenant_id, connection_id)
+    now = services.clock()
+    secrets = _read_secrets(services, connection, ("api_token", "client_secret"))
+    try:
+        proof = _prove(services, connection.instance_url, connection.auth, secrets)
+    except (Rejected, Unreachable) as failure:
+        connection.status = _failure_status(connection, failure)
+        connection.status_detail = failure.message
+        connection.last_checked_at = now
+    else:
+        _apply_proof(connection, proof, services, now)
+        if proof.grant is not None:
+            new_versions = _write_secrets(services, connection, {}, proof.grant)
+            connection.secret_versions.update(new_versions)
+    services.store.replace(connection, connection.name)
+    return connection

@@ -1,0 +1,21 @@
+"""The app's one `Services`, assembled from settings on first use and cached."""
+
+import functools
+
+from connections.clients import secret_client, table_client
+from connections.outbound import OutboundPolicy
+from connections.secrets import SecretStore
+from connections.service import Services
+from connections.servicenow import ServiceNowClient
+from connections.store import ConnectionStore
+
+
+@functools.cache
+def services() -> Services:
+    policy = OutboundPolicy.from_environ()
+    return Services(
+        store=ConnectionStore(table_client()),
+        secrets=SecretStore(secret_client()),
+        servicenow=ServiceNowClient(policy),
+        policy=policy,
+    )

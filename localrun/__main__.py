@@ -1,0 +1,162 @@
+"""The run command: Azurite, the stand-ins and the function app, until Ctrl-C.
+
+Run it through `scripts/run-local`, which installs what it needs first.
+"""
+
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+
+from localrun.azurite import free_ports
+from localrun.host import STATE_DIR, LocalHost, serve
+from localrun.settings import PROJECT_ROOT
+from localrun.stack import LocalStack
+
+AZURITE_PORTS = (10000, 10001, 10002)
+SERVICENOW_PORT_SETTING = "LOCAL_SERVICENOW_PORT"
+DEFAULT_SERVICENOW_PORT = 8081
+DEMO_CLIENT_ID = "automate365-demo"
+DEMO_TENANT = "contoso"
+
+
+def _free_or_default(ports: tuple[int, ...]) -> tuple[int, ...]:
+    import socket
+
+    for port in ports:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                logging.warning("port %s is busy; using free ports for Azurite", port)
+                return tuple(free_ports(len(ports)))
+    return ports
+
+
+def _seed_demo(stack: LocalStack) -> dict[str, str]:
+    """A demo OAuth client and API key in the ServiceNow stand-in, for the quick start."""
+    demo = {
+        "client_secret": secrets.token_urlsafe(18),
+        "api_token": "demo-" + secrets.token_urlsafe(18),
+    }
+    stack.servicenow.state.add_client(DEMO_CLIENT_ID, demo["client_secret"])
+    stack.servicenow.state.add_api_key(demo["api_token"], name="demo")
+    return demo
+
+
+def _curl(host: LocalHost, method: str, path: str, body: dict | None = None) -> str:
+    parts = [f"curl -s -X {method} -H 'x-functions-key: {host.keys.function_key}'"]
+    if body is not None:
+        parts.append("-H 'Content-Type: application/json' -d '" + json.dumps(body) + "'")
+    parts.append(f"{host.url}{path}")
+    return " \\\n    ".join(parts)
+
+
+def _quick_start(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> str:
+    base = f"/api/tenants/{DEMO_TENANT}/connections"
+    instance = stack.servicenow.url
+    api_token = {
+        "type": "servicenow",
+        "name": "Contoso ITSM (API token)",
+        "instance_url": instance,
+        "auth": {"method": "api_token", "api_token": demo["api_token"]},
+        "notify_emails": ["it-admins@contoso.example"],
+    }
+    oauth = {
+        "type": "servicenow",
+        "name": "Contoso ITSM (OAuth 2.0)",
+        "instance_url": instance,
+        "auth": {
+            "method": "oauth2",
+            "client_id": DEMO_CLIENT_ID,
+            "client_secret": demo["client_secret"],
+        },
+    }
+    wrong = dict(oauth, name="Wrong secret")
+    wrong["auth"] = dict(oauth["auth"], client_secret="not-the-secret")
+    admin = (
+        f"curl -s -X POST -H 'x-functions-key: {host.keys.master_key}' "
+        f"-H 'Content-Type: application/json' -d '{{\"input\": \"\"}}' "
+        f"{host.url}/admin/functions/renewal_sweep -w '%{{http_code}}\\n'"
+    )
+    steps = [
+        ("Liveness (no key needed)", f"curl -s {host.url}/api/health"),
+        (
+            "The connection types the 'Create connection +' pop-up is drawn from",
+            _curl(host, "GET", "/api/connection-types"),
+        ),
+        (
+            "Create an API-token connection to the bundled ServiceNow stand-in",
+            _curl(host, "POST", base, api_token),
+        ),
+        ("Create an OAuth 2.0 connection", _curl(host, "POST", base, oauth)),
+        ("List them: both 'connected'", _curl(host, "GET", base)),
+        (
+            "A wrong client secret: 422 credentials_rejected, saying what to check",
+            _curl(host, "POST", base, wrong),
+        ),
+        ("Run the renewal sweep now (master key; answers 202)", admin),
+    ]
+    return "\n\n".join(f"# {title}\n{command}" for title, command in steps)
+
+
+def _banner(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> str:
+    lines = [
+        "",
+        "Automate365 Connections service is running.",
+        "",
+        f"  Function app       {host.url}  (OpenAPI: {host.url}/api/openapi.json)",
+        f"  Function key       {host.keys.function_key}",
+        f"  Master key         {host.keys.master_key}",
+        f"  ServiceNow         {stack.servicenow.url}  (control API: /_control/...)",
+        f"  Key Vault          {stack.keyvault.url}",
+        f"  Notice webhook     {stack.webhook.url}  (received: /_control/received)",
+        f"  Microsoft Graph    {stack.graph.url}  (mails: /_control/mails)",
+        f"  Azurite (tables)   {stack.azurite.host}:{stack.azurite.table_port}",
+        "",
+        "Functions:",
+        *[f"  {line}" for line in host.describe()],
+        "",
+        "Quick start (copy and paste):",
+        "",
+        _quick_start(host, stack, demo),
+        "",
+        "Press Ctrl-C to stop everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    servicenow_port = int(os.environ.get(SERVICENOW_PORT_SETTING) or DEFAULT_SERVICENOW_PORT)
+    stack = LocalStack(
+        PROJECT_ROOT / STATE_DIR,
+        azurite_ports=_free_or_default(AZURITE_PORTS),
+        servicenow_port=_free_or_default((servicenow_port,))[0],
+    )
+    host = None
+    try:
+        stack.start()
+        demo = _seed_demo(stack)
+        stack.apply_process_environment()
+        host = serve(PROJECT_ROOT, defaults=stack.settings())
+        print(_banner(host, stack, demo), flush=True)
+        stop.wait()
+        print("\nStopping...", flush=True)
+    finally:
+        if host is not None:
+            host.stop()
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
