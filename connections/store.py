@@ -87,6 +87,10 @@ class ConnectionStore:
 
     def add(self, connection: Connection) -> Connection:
         operations = [("create", _entity(connection)), ("create", _name_entity(connection))]
+        return self._write(connection, operations)
+
+    def _write(self, connection: Connection, operations: list[Any]) -> Connection:
+        """Submits one entity-group transaction whose first operation writes the connection."""
         try:
             results = self._table.submit_transaction(operations)
         except TableTransactionError as exc:
@@ -136,12 +140,7 @@ class ConnectionStore:
         if _name_key(previous_name) != _name_key(connection.name):
             old = {"PartitionKey": connection.tenant_id, "RowKey": _name_key(previous_name)}
             operations += [("delete", old), ("create", _name_entity(connection))]
-        try:
-            results = self._table.submit_transaction(operations)
-        except TableTransactionError as exc:
-            raise _transaction_error(exc) or errors.name_taken(connection.name) from None
-        connection.etag = results[0].get("etag")
-        return connection
+        return self._write(connection, operations)
 
     def delete(self, connection: Connection) -> None:
         name = {"PartitionKey": connection.tenant_id, "RowKey": _name_key(connection.name)}

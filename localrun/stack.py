@@ -44,13 +44,15 @@ class LocalStack:
         state_dir: Path,
         *,
         azurite_ports: tuple[int, int, int] | None = None,
+        azurite: Azurite | None = None,
         servicenow_port: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.cert_dir = self.state_dir / "tls"
+        self._own_azurite = azurite is None
         ports = azurite_ports or tuple(free_ports(3))
-        self.azurite = Azurite(self.state_dir / "azurite", *ports)
+        self.azurite = azurite or Azurite(self.state_dir / "azurite", *ports)
         self.identity = IdentityStandIn()
         self.keyvault = KeyVaultStandIn(self.cert_dir, self.identity.issuer)
         self.servicenow = ServiceNowStandIn(clock=clock)
@@ -64,7 +66,8 @@ class LocalStack:
 
     def start(self) -> "LocalStack":
         tls.ensure_certificates(self.cert_dir)
-        self.azurite.start()
+        if self._own_azurite:
+            self.azurite.start()
         self.identity.start()
         self.keyvault.start()
         self.servicenow.start(self._servicenow_port)
@@ -75,7 +78,8 @@ class LocalStack:
     def stop(self) -> None:
         for part in (self.graph, self.webhook, self.servicenow, self.keyvault, self.identity):
             part.stop()
-        self.azurite.stop()
+        if self._own_azurite:
+            self.azurite.stop()
 
     def __enter__(self) -> "LocalStack":
         return self.start()

@@ -3,6 +3,7 @@
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -10,6 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from localrun.azurite import Azurite, free_ports
+
+if TYPE_CHECKING:
+    from localrun.host import LocalHost
+    from localrun.stack import LocalStack
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +30,48 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator["LocalStack"]:
+    """Azurite and every stand-in, with the app settings pointing at them in os.environ."""
+    import os
+
+    from localrun.stack import LocalStack
+
+    local = LocalStack(tmp_path_factory.mktemp("stack"), azurite=azurite).start()
+    saved = dict(os.environ)
+    local.apply_process_environment()
+    os.environ.update(local.settings())
+    _clear_client_caches()
+    try:
+        yield local
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        _clear_client_caches()
+        local.stop()
+
+
+def _clear_client_caches() -> None:
+    from connections import clients, services
+
+    for cached in (clients.credential, clients.table_client, clients.secret_client):
+        cached.cache_clear()
+    services.services.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def app_host(stack: "LocalStack") -> Iterator["LocalHost"]:
+    """The real function app served by the local host, wired to the stack."""
+    import os
+
+    from localrun.host import LocalHost, load_function_app
+    from localrun.keys import Keys
+
+    keys = Keys(function_key="test-function-key", master_key="test-master-key")
+    host = LocalHost(load_function_app(), dict(os.environ), keys).start(port=0, triggers=False)
+    try:
+        yield host
+    finally:
+        host.stop()

@@ -1,0 +1,61 @@
+"""A small client for the app under test: every response is checked against the OpenAPI document."""
+
+import re
+from typing import Any
+
+import requests
+
+from tests.openapi_check import assert_matches_openapi
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _template(path: str) -> str:
+    """The OpenAPI path template a concrete /api/... path belongs to."""
+    parts = path.split("?")[0].removeprefix("/api").split("/")
+    if len(parts) > 2 and parts[1] == "tenants":
+        parts[2] = "{tenant_id}"
+    if len(parts) > 4 and parts[3] == "connections":
+        parts[4] = "{connection_id}"
+    return "/".join(parts)
+
+
+class Api:
+    def __init__(self, base_url: str, function_key: str) -> None:
+        self.base_url = base_url
+        self.function_key = function_key
+        self.responses: list[requests.Response] = []
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        key: str | None = "",
+        check: bool = True,
+    ) -> requests.Response:
+        all_headers = dict(headers or {})
+        if key is not None:
+            all_headers["x-functions-key"] = key or self.function_key
+        response = requests.request(
+            method,
+            self.base_url + path,
+            json=body if data is None else None,
+            data=data,
+            headers=all_headers,
+            timeout=30,
+            allow_redirects=False,
+        )
+        self.responses.append(response)
+        if check:
+            payload = response.json() if response.content else None
+            assert_matches_openapi(
+                method, _template(path), response.status_code, payload, response.headers
+            )
+        return response
+
+    def seen_text(self) -> str:
+        return "\n".join(f"{response.headers}\n{response.text}" for response in self.responses)
