@@ -8,8 +8,10 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
+from pathlib import Path
 
 from localrun.azurite import free_ports
 from localrun.host import STATE_DIR, LocalHost, serve
@@ -18,14 +20,13 @@ from localrun.stack import LocalStack
 
 AZURITE_PORTS = (10000, 10001, 10002)
 SERVICENOW_PORT_SETTING = "LOCAL_SERVICENOW_PORT"
+STATE_DIR_SETTING = "LOCAL_STATE_DIR"
 DEFAULT_SERVICENOW_PORT = 8081
 DEMO_CLIENT_ID = "automate365-demo"
 DEMO_TENANT = "contoso"
 
 
 def _free_or_default(ports: tuple[int, ...]) -> tuple[int, ...]:
-    import socket
-
     for port in ports:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -137,8 +138,9 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     servicenow_port = int(os.environ.get(SERVICENOW_PORT_SETTING) or DEFAULT_SERVICENOW_PORT)
+    state_dir = os.environ.get(STATE_DIR_SETTING) or str(PROJECT_ROOT / STATE_DIR)
     stack = LocalStack(
-        PROJECT_ROOT / STATE_DIR,
+        Path(state_dir),
         azurite_ports=_free_or_default(AZURITE_PORTS),
         servicenow_port=_free_or_default((servicenow_port,))[0],
     )
