@@ -16,6 +16,7 @@ from connections.model import Connection
 from connections.openapi import openapi_document
 from connections.services import services
 from connections.validation import check_tenant_id, is_connection_id, parse_json_body
+from renewal.worker import check_now
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -154,5 +155,5 @@ def delete_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tenants/{tenant_id}/connections/{connection_id}/check", methods=["POST"])
 @api_errors
 def check_connection(req: func.HttpRequest) -> func.HttpResponse:
-    connection = service.check_connection(services(), _tenant(req), _connection_id(req))
+    connection = check_now(services(), _tenant(req), _connection_id(req))
     return _connection_response(connection)

@@ -1,13 +1,17 @@
 """Azure SDK clients, created on first use from the app settings and cached for the process."""
 
+import contextlib
 import functools
 import os
 
 from azure.core.credentials import TokenCredential
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, TableServiceClient
 from azure.keyvault.secrets import SecretClient
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 CONNECTIONS_TABLE = "connections"
+DUE_TABLE = "connectiondue"
 STORAGE_SETTING = "AzureWebJobsStorage"
 
 # Retries that honour Retry-After (429, 503) and give up within a bounded time.
@@ -30,26 +34,49 @@ def _storage_service_uri(kind: str) -> str | None:
     return f"https://{account}.{kind}.core.windows.net" if account else None
 
 
-def storage_connection() -> tuple[str | None, str | None]:
+def storage_connection(kind: str) -> tuple[str | None, str | None]:
     """(connection string, None) locally; (None, service URI) with identity-based settings."""
     connection_string = os.environ.get(STORAGE_SETTING)
     if connection_string:
         return connection_string, None
-    return None, _storage_service_uri("table")
+    endpoint = _storage_service_uri(kind)
+    if not endpoint:
+        raise RuntimeError(f"Set {STORAGE_SETTING} (or {STORAGE_SETTING}__{kind}ServiceUri).")
+    return None, endpoint
 
 
 @functools.cache
-def table_client() -> TableClient:
-    connection_string, endpoint = storage_connection()
+def _table_service() -> TableServiceClient:
+    connection_string, endpoint = storage_connection("table")
     options = {**RETRY_SETTINGS, **TIMEOUT_SETTINGS}
     if connection_string:
-        service = TableServiceClient.from_connection_string(connection_string, **options)
-    elif endpoint:
-        service = TableServiceClient(endpoint, credential=credential(), **options)
+        return TableServiceClient.from_connection_string(connection_string, **options)
+    return TableServiceClient(endpoint, credential=credential(), **options)
+
+
+@functools.cache
+def table_client(name: str = CONNECTIONS_TABLE) -> TableClient:
+    service = _table_service()
+    service.create_table_if_not_exists(name)
+    return service.get_table_client(name)
+
+
+@functools.cache
+def queue_client(name: str) -> QueueClient:
+    connection_string, endpoint = storage_connection("queue")
+    options = {
+        **RETRY_SETTINGS,
+        **TIMEOUT_SETTINGS,
+        "message_encode_policy": TextBase64EncodePolicy(),
+        "message_decode_policy": TextBase64DecodePolicy(),
+    }
+    if connection_string:
+        client = QueueClient.from_connection_string(connection_string, name, **options)
     else:
-        raise RuntimeError(f"Set {STORAGE_SETTING} (or {STORAGE_SETTING}__tableServiceUri).")
-    service.create_table_if_not_exists(CONNECTIONS_TABLE)
-    return service.get_table_client(CONNECTIONS_TABLE)
+        client = QueueClient(endpoint, name, credential=credential(), **options)
+    with contextlib.suppress(ResourceExistsError):
+        client.create_queue()
+    return client
 
 
 @functools.cache

@@ -51,6 +51,16 @@ class Connection:
     last_checked_at: datetime | None = None
     notify_emails: list[str] = field(default_factory=list)
     secret_versions: dict[str, str] = field(default_factory=dict)
+    # Renewal bookkeeping, never returned by the API.
+    next_due_at: datetime | None = None
+    due_exact: bool = False
+    status_changed_at: datetime | None = None
+    failing_since: datetime | None = None
+    failure_count: int = 0
+    reminder_sent_days: int = 0
+    lease_owner: str = ""
+    lease_until: datetime | None = None
+    pending_notices: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None
 
     @property
@@ -84,10 +94,11 @@ def public_auth(auth: dict[str, Any]) -> dict[str, Any]:
 
 
 _JSON_COLUMNS = {
-    "auth": "Auth",
-    "capabilities": "Capabilities",
-    "notify_emails": "NotifyEmails",
-    "secret_versions": "SecretVersions",
+    "auth": ("Auth", dict),
+    "capabilities": ("Capabilities", dict),
+    "notify_emails": ("NotifyEmails", list),
+    "secret_versions": ("SecretVersions", dict),
+    "pending_notices": ("PendingNotices", list),
 }
 _TEXT_COLUMNS = {
     "type": "Type",
@@ -95,11 +106,21 @@ _TEXT_COLUMNS = {
     "instance_url": "InstanceUrl",
     "status": "Status",
     "status_detail": "StatusDetail",
+    "lease_owner": "LeaseOwner",
 }
 _TIME_COLUMNS = {
     "created_at": "CreatedAt",
     "updated_at": "UpdatedAt",
     "last_checked_at": "LastCheckedAt",
+    "next_due_at": "NextDueAt",
+    "status_changed_at": "StatusChangedAt",
+    "failing_since": "FailingSince",
+    "lease_until": "LeaseUntil",
+}
+_NUMBER_COLUMNS = {
+    "failure_count": "FailureCount",
+    "reminder_sent_days": "ReminderSentDays",
+    "due_exact": "DueExact",
 }
 
 
@@ -108,10 +129,12 @@ def to_entity_columns(connection: Connection) -> dict[str, Any]:
     columns: dict[str, Any] = {"AuthMethod": connection.method}
     for attr, column in _TEXT_COLUMNS.items():
         columns[column] = getattr(connection, attr)
-    for attr, column in _JSON_COLUMNS.items():
+    for attr, (column, _) in _JSON_COLUMNS.items():
         columns[column] = json.dumps(getattr(connection, attr), separators=(",", ":"))
     for attr, column in _TIME_COLUMNS.items():
         columns[column] = format_time(getattr(connection, attr))
+    for attr, column in _NUMBER_COLUMNS.items():
+        columns[column] = int(getattr(connection, attr))
     return columns
 
 
@@ -121,10 +144,11 @@ def from_entity_columns(
     values: dict[str, Any] = {"id": connection_id, "tenant_id": tenant_id, "etag": etag}
     for attr, column in _TEXT_COLUMNS.items():
         values[attr] = entity.get(column) or ""
-    for attr, column in _JSON_COLUMNS.items():
-        values[attr] = json.loads(entity.get(column) or "null") or (
-            {} if attr != "notify_emails" else []
-        )
+    for attr, (column, empty) in _JSON_COLUMNS.items():
+        values[attr] = json.loads(entity.get(column) or "null") or empty()
     for attr, column in _TIME_COLUMNS.items():
         values[attr] = parse_time(entity.get(column))
+    for attr, column in _NUMBER_COLUMNS.items():
+        values[attr] = int(entity.get(column) or 0)
+    values["due_exact"] = bool(values["due_exact"])
     return Connection(**values)

@@ -1,30 +1,31 @@
 """What the Connections API does: plain functions that take their clients as parameters."""
 
 import logging
+import random
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import AzureError
 
 from connections import errors
+from connections.due_index import DueEntry, DueIndex, entry_for
 from connections.errors import ApiError, FieldError
+from connections.lifecycle import OK, LifecycleSettings, Outcome, record_outcome
 from connections.model import (
     API_TOKEN,
     CONNECTED,
     EXPIRED,
     EXPIRING,
-    INVALID_CREDENTIALS,
-    OAUTH2,
-    RENEWAL_FAILED,
     SECRET_KINDS,
-    UNREACHABLE,
     Connection,
     format_time,
     parse_time,
 )
+from connections.notices import NoticeQueue
 from connections.outbound import OutboundPolicy
 from connections.secrets import SecretStore
 from connections.servicenow import (
@@ -40,8 +41,6 @@ from connections.validation import ConnectionInput, validate_create, validate_pa
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REMINDER_DAYS = (14, 3, 1)
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -53,8 +52,12 @@ class Services:
     secrets: SecretStore
     servicenow: ServiceNowClient
     policy: OutboundPolicy
+    due: DueIndex
+    notices: NoticeQueue
+    settings: LifecycleSettings = field(default_factory=LifecycleSettings)
     clock: Callable[[], datetime] = utc_now
-    reminder_days: tuple[int, ...] = DEFAULT_REMINDER_DAYS
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
 
 
 # -- proofs -------------------------------------------------------------------------------
@@ -82,18 +85,6 @@ def _prove_or_raise(
         raise errors.instance_unreachable(exc.message) from None
 
 
-def _token_status(auth: dict[str, Any], now: datetime, reminder_days: tuple[int, ...]) -> tuple:
-    """(status, detail) that an API token's customer-given expiry implies, or (None, None)."""
-    expires_at = parse_time(auth.get("expires_at"))
-    if auth["method"] != API_TOKEN or expires_at is None:
-        return None, None
-    if expires_at <= now:
-        return EXPIRED, f"The API token expired on {format_time(expires_at)}."
-    if reminder_days and expires_at - now <= timedelta(days=max(reminder_days)):
-        return EXPIRING, f"The API token expires on {format_time(expires_at)}; replace it before."
-    return None, None
-
-
 def _reject_past_expiry(spec: ConnectionInput, now: datetime) -> None:
     expires_at = parse_time(spec.auth.get("expires_at"))
     if expires_at is not None and expires_at <= now:
@@ -102,14 +93,69 @@ def _reject_past_expiry(spec: ConnectionInput, now: datetime) -> None:
 
 
 def _apply_proof(connection: Connection, proof: Proof, services: Services, now: datetime) -> None:
-    status, detail = _token_status(connection.auth, now, services.reminder_days)
-    connection.status = status or CONNECTED
-    connection.status_detail = detail or proof.detail
     connection.capabilities = proof.capabilities
-    connection.last_checked_at = now
+    expires_in = None
     if proof.grant is not None:
-        expires_at = now + timedelta(seconds=proof.grant.expires_in)
-        connection.auth["token_expires_at"] = format_time(expires_at)
+        expires_in = proof.grant.expires_in
+        connection.auth["token_expires_at"] = format_time(now + timedelta(seconds=expires_in))
+    outcome = Outcome(OK, proof.detail)
+    record_outcome(
+        connection, outcome, now, services.settings, expires_in=expires_in, rng=services.rng
+    )
+
+
+# -- saving --------------------------------------------------------------------------------
+
+
+def current_entry(connection: Connection) -> DueEntry | None:
+    if connection.next_due_at is None:
+        return None
+    return entry_for(
+        connection.tenant_id, connection.id, connection.next_due_at, connection.due_exact
+    )
+
+
+def save(
+    services: Services,
+    connection: Connection,
+    previous_entry: DueEntry | None,
+    previous_name: str | None = None,
+    *,
+    create: bool = False,
+) -> Connection:
+    """Writes the record with its due-index entry (new entry first, old one after), then sends
+    the notices the record holds."""
+    entry = current_entry(connection)
+    if entry is not None and entry != previous_entry:
+        services.due.put(entry)
+    if create:
+        services.store.add(connection)
+    else:
+        services.store.replace(connection, previous_name or connection.name)
+    if previous_entry is not None and previous_entry != entry:
+        services.due.remove(previous_entry)
+    flush_notices(services, connection)
+    return connection
+
+
+def flush_notices(services: Services, connection: Connection) -> None:
+    """Enqueues the notices the record holds, then clears them. A notice that could not be
+    enqueued stays in the record and goes out on the next visit, with the same id."""
+    if not connection.pending_notices:
+        return
+    try:
+        for message in connection.pending_notices:
+            services.notices.send(message)
+    except AzureError:
+        log.warning("notices of connection %s not enqueued yet; kept for retry", connection.id)
+        return
+    connection.pending_notices = []
+    try:
+        services.store.replace(connection, connection.name)
+    except (ApiError, AzureError):
+        log.warning(
+            "connection %s: sent notices not cleared; a resend keeps their ids", connection.id
+        )
 
 
 # -- secrets ------------------------------------------------------------------------------
@@ -176,7 +222,7 @@ def create_connection(services: Services, tenant_id: str, body: dict[str, Any]) 
     _apply_proof(connection, proof, services, now)
     try:
         connection.secret_versions = _write_secrets(services, connection, spec.secrets, proof.grant)
-        return services.store.add(connection)
+        return save(services, connection, None, create=True)
     except (ApiError, AzureError):
         _discard_secrets(services, connection.id, list(SECRET_KINDS[connection.method]))
         raise
@@ -235,26 +281,32 @@ def update_connection(
         secrets = {**_read_secrets(services, connection, kinds), **spec.secrets}
         proof = _prove_or_raise(services, spec.instance_url, spec.auth, secrets)
     token_expires_at = connection.auth.get("token_expires_at")
+    expiry_changed = spec.auth.get("expires_at") != connection.auth.get("expires_at")
     connection.name, connection.instance_url = spec.name, spec.instance_url
     connection.auth, connection.notify_emails = spec.auth, spec.notify_emails
     if not result.method_changed and token_expires_at:
         connection.auth["token_expires_at"] = token_expires_at
     connection.updated_at = now
+    previous_entry = current_entry(connection)
     if proof is not None:
-        _apply_proof(connection, proof, services, now)
         new_versions = _write_secrets(services, connection, spec.secrets, proof.grant)
         base = {} if result.method_changed else connection.secret_versions
         connection.secret_versions = {**base, **new_versions}
-    else:
-        status, detail = _token_status(connection.auth, now, services.reminder_days)
-        if status is None and connection.status in (EXPIRING, EXPIRED):
-            status, detail = CONNECTED, "The API token's expiry was changed."
-        if status:
-            connection.status, connection.status_detail = status, detail
-    services.store.replace(connection, previous_name)
+        _apply_proof(connection, proof, services, now)
+    elif expiry_changed and connection.status in (CONNECTED, EXPIRING, EXPIRED):
+        _reassess_expiry(services, connection, now)
+    save(services, connection, previous_entry, previous_name)
     if result.method_changed:
         _discard_secrets(services, connection.id, list(SECRET_KINDS[previous_method]))
     return connection
+
+
+def _reassess_expiry(services: Services, connection: Connection, now: datetime) -> None:
+    """A new `expires_at` without a new token: the status and schedule follow the new date."""
+    last_checked_at = connection.last_checked_at
+    outcome = Outcome(OK, "The API token's expiry date was changed.")
+    record_outcome(connection, outcome, now, services.settings, rng=services.rng)
+    connection.last_checked_at = last_checked_at
 
 
 def delete_connection(
@@ -263,32 +315,7 @@ def delete_connection(
     connection = services.store.get(tenant_id, connection_id)
     _check_if_match(connection, if_match)
     services.store.delete(connection)
+    entry = current_entry(connection)
+    if entry is not None:
+        services.due.remove(entry)
     _discard_secrets(services, connection.id, list(SECRET_KINDS[connection.method]))
-
-
-def _failure_status(connection: Connection, failure: Exception) -> str:
-    if isinstance(failure, Unreachable):
-        return UNREACHABLE
-    if connection.method == OAUTH2 and getattr(failure, "stage", "") == "token":
-        return RENEWAL_FAILED
-    return INVALID_CREDENTIALS
-
-
-def check_connection(services: Services, tenant_id: str, connection_id: str) -> Connection:
-    """Proves the stored credentials now (renews the OAuth token) and stores the new status."""
-    connection = services.store.get(tenant_id, connection_id)
-    now = services.clock()
-    secrets = _read_secrets(services, connection, ("api_token", "client_secret"))
-    try:
-        proof = _prove(services, connection.instance_url, connection.auth, secrets)
-    except (Rejected, Unreachable) as failure:
-        connection.status = _failure_status(connection, failure)
-        connection.status_detail = failure.message
-        connection.last_checked_at = now
-    else:
-        _apply_proof(connection, proof, services, now)
-        if proof.grant is not None:
-            new_versions = _write_secrets(services, connection, {}, proof.grant)
-            connection.secret_versions.update(new_versions)
-    services.store.replace(connection, connection.name)
-    return connection

@@ -2,7 +2,10 @@
 
 import functools
 
-from connections.clients import secret_client, table_client
+from connections.clients import DUE_TABLE, queue_client, secret_client, table_client
+from connections.due_index import DueIndex
+from connections.lifecycle import LifecycleSettings
+from connections.notices import NOTICES_QUEUE, NoticeQueue
 from connections.outbound import OutboundPolicy
 from connections.secrets import SecretStore
 from connections.service import Services
@@ -18,4 +21,7 @@ def services() -> Services:
         secrets=SecretStore(secret_client()),
         servicenow=ServiceNowClient(policy),
         policy=policy,
+        due=DueIndex(table_client(DUE_TABLE)),
+        notices=NoticeQueue(queue_client(NOTICES_QUEUE)),
+        settings=LifecycleSettings.from_environ(),
     )

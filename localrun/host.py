@@ -162,6 +162,13 @@ class LocalHost:
                 listener.start()
         return self
 
+    def wait_for_admin_runs(self, timeout: float = 30.0) -> None:
+        """Waits until every function started by an admin call so far has finished."""
+        for thread in list(self._admin_threads):
+            thread.join(timeout)
+            if thread.is_alive():
+                raise TimeoutError(f"admin run {thread.name} still running after {timeout}s")
+
     def stop(self, timeout: float = 10.0) -> None:
         for listener in self.queues.values():
             listener.stop(timeout)

@@ -56,7 +56,14 @@ def stack(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def _clear_client_caches() -> None:
     from connections import clients, services
 
-    for cached in (clients.credential, clients.table_client, clients.secret_client):
+    cached_clients = (
+        clients.credential,
+        clients._table_service,
+        clients.table_client,
+        clients.queue_client,
+        clients.secret_client,
+    )
+    for cached in cached_clients:
         cached.cache_clear()
     services.services.cache_clear()
 

@@ -49,10 +49,13 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_run_command_serves_everything_and_stops_cleanly(tmp_path):
+def test_run_command_serves_everything_and_stops_cleanly(tmp_path, stack):
     port, servicenow_port = free_ports(2)
+    # What the test session's own stack put into the environment would win over the run
+    # command's defaults, so the run command gets the environment without it.
+    ours = set(stack.settings()) | set(stack.process_environment())
     environment = dict(
-        os.environ,
+        {name: value for name, value in os.environ.items() if name not in ours},
         LOCAL_PORT=str(port),
         LOCAL_SERVICENOW_PORT=str(servicenow_port),
         LOCAL_STATE_DIR=str(tmp_path),

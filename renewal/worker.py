@@ -1,0 +1,176 @@
+"""Renewing (OAuth 2.0) or checking (API token) one connection, under a lease.
+
+The lease is a conditional update of the record on its ETag: of two workers that read the
+same record, only one can take it, so a token is never exchanged twice at once. The secrets
+are read after the lease is taken, and a new refresh token is stored before anything else.
+"""
+
+import logging
+import time
+import uuid
+from datetime import datetime, timedelta
+
+from azure.core.exceptions import AzureError
+
+from connections.errors import ApiError
+from connections.lifecycle import OK, REJECTED, TRANSIENT, Outcome, record_outcome
+from connections.model import API_TOKEN, Connection, format_time
+from connections.service import Services, current_entry, flush_notices, save
+from connections.servicenow import ApiTokenCredentials, Rejected, TokenGrant, Unreachable
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=2)
+RETRY_AFTER_STORAGE_FAULT = timedelta(minutes=1)
+CHECK_WAIT_SECONDS = 10.0
+CHECK_POLL_SECONDS = 0.1
+
+
+class Busy(Exception):
+    """Another worker holds the connection's lease."""
+
+
+def _leased_by_other(connection: Connection, owner: str, now: datetime) -> bool:
+    return bool(
+        connection.lease_owner
+        and connection.lease_owner != owner
+        and connection.lease_until is not None
+        and connection.lease_until > now
+    )
+
+
+def take_lease(services: Services, connection: Connection, owner: str) -> Connection:
+    now = services.clock()
+    if _leased_by_other(connection, owner, now):
+        raise Busy
+    connection.lease_owner, connection.lease_until = owner, now + LEASE
+    try:
+        return services.store.replace(connection, connection.name)
+    except ApiError as exc:
+        if exc.status == 412:
+            raise Busy from None
+        raise
+
+
+def _secret(services: Services, connection: Connection, kind: str, pinned: bool = True) -> str:
+    version = connection.secret_versions.get(kind) if pinned else None
+    return services.secrets.get(connection.id, kind, version)
+
+
+def _store_tokens(services: Services, connection: Connection, grant: TokenGrant) -> None:
+    """The refresh token first: once the instance issued a new one, the old may be dead."""
+    now = services.clock()
+    expires_at = now + timedelta(seconds=grant.expires_in)
+    put = services.secrets.put
+    if grant.refresh_token:
+        version = put(connection.tenant_id, connection.id, "refresh_token", grant.refresh_token)
+        connection.secret_versions["refresh_token"] = version
+    version = put(
+        connection.tenant_id, connection.id, "access_token", grant.access_token, expires_at
+    )
+    connection.secret_versions["access_token"] = version
+    connection.auth["token_expires_at"] = format_time(expires_at)
+
+
+def _exchange(services: Services, connection: Connection) -> TokenGrant:
+    client = services.servicenow
+    url, client_id = connection.instance_url, connection.auth["client_id"]
+    client_secret = _secret(services, connection, "client_secret")
+    if "refresh_token" in connection.secret_versions:
+        refresh_token = _secret(services, connection, "refresh_token", pinned=False)
+        try:
+            return client.refresh(url, client_id, client_secret, refresh_token)
+        except Rejected:
+            log.info(
+                "connection %s: refresh token refused; using client credentials", connection.id
+            )
+    return client.client_credentials(url, client_id, client_secret)
+
+
+def _renew_oauth(services: Services, connection: Connection) -> tuple[Outcome, int | None]:
+    try:
+        grant = _exchange(services, connection)
+    except Rejected as exc:
+        return Outcome(REJECTED, exc.message, exc.stage), None
+    except Unreachable as exc:
+        return Outcome(TRANSIENT, exc.message), None
+    _store_tokens(services, connection, grant)
+    try:
+        proof = services.servicenow.prove_access_token(connection.instance_url, grant)
+    except Rejected as exc:
+        return Outcome(REJECTED, exc.message, exc.stage), grant.expires_in
+    except Unreachable as exc:
+        detail = f"Token renewed; the Table API did not answer properly ({exc.message})"
+        return Outcome(OK, detail), grant.expires_in
+    connection.capabilities = proof.capabilities
+    return Outcome(OK, "Token renewed. " + proof.detail), grant.expires_in
+
+
+def _check_api_token(services: Services, connection: Connection) -> Outcome:
+    auth = connection.auth
+    token = _secret(services, connection, "api_token")
+    credentials = ApiTokenCredentials(token, auth["parameter_name"], auth["parameter_type"])
+    try:
+        proof = services.servicenow.prove_api_token(connection.instance_url, credentials)
+    except Rejected as exc:
+        return Outcome(REJECTED, exc.message, exc.stage)
+    except Unreachable as exc:
+        return Outcome(TRANSIENT, exc.message)
+    connection.capabilities = proof.capabilities
+    return Outcome(OK, proof.detail)
+
+
+def _attempt(services: Services, connection: Connection) -> tuple[Outcome, int | None]:
+    if connection.method == API_TOKEN:
+        return _check_api_token(services, connection), None
+    return _renew_oauth(services, connection)
+
+
+def _release_after_fault(services: Services, connection: Connection, previous) -> None:
+    """Storage or Key Vault failed mid-way: let go of the lease and come back soon."""
+    connection.lease_owner, connection.lease_until = "", None
+    connection.next_due_at = services.clock() + RETRY_AFTER_STORAGE_FAULT
+    connection.due_exact = False
+    try:
+        save(services, connection, previous)
+    except (ApiError, AzureError):
+        log.warning("connection %s: lease left to expire after a storage fault", connection.id)
+
+
+def work(services: Services, connection: Connection, owner: str | None = None) -> Connection:
+    """Renews or checks the connection now; raises Busy if another worker holds it."""
+    previous = current_entry(connection)
+    connection = take_lease(services, connection, owner or uuid.uuid4().hex)
+    flush_notices(services, connection)
+    try:
+        outcome, expires_in = _attempt(services, connection)
+    except AzureError:
+        _release_after_fault(services, connection, previous)
+        raise
+    record_outcome(
+        connection,
+        outcome,
+        services.clock(),
+        services.settings,
+        expires_in=expires_in,
+        rng=services.rng,
+    )
+    connection.lease_owner, connection.lease_until = "", None
+    return save(services, connection, previous)
+
+
+def check_now(services: Services, tenant_id: str, connection_id: str) -> Connection:
+    """The API's check: work now. If another worker (a sweep, another check) is already on it,
+    wait for that one to finish and return its result rather than exchange a second time."""
+    connection = services.store.get(tenant_id, connection_id)
+    try:
+        return work(services, connection)
+    except Busy:
+        pass
+    deadline = time.monotonic() + CHECK_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(CHECK_POLL_SECONDS)  # another process may hold the lease: poll the record
+        connection = services.store.get(tenant_id, connection_id)
+        if not connection.lease_owner:
+            break
+    return connection

@@ -1,0 +1,363 @@
+"""The notice notifier against the webhook receiver and the Graph stand-in (real MSAL)."""
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.wrappers import Response
+
+from localrun.server import BackgroundServer
+from localrun.standins.receivers import GraphStandIn, WebhookReceiver, sign
+from localrun.tls import ca_bundle
+from renewal import notifier
+from renewal.notifier import DeliveryError, InvalidNotice, deliver_notice
+
+WEBHOOK_SECRET = "webhook-secret-never-logged"
+TENANT = "11111111-2222-3333-4444-555555555555"
+CLIENT_ID = "66666666-7777-8888-9999-000000000000"
+CLIENT_SECRET = "graph-secret-never-logged"
+SENDER = "notices@contoso.example"
+ADMINS = ["it-admins@contoso.example", "ops@contoso.example"]
+
+
+def notice(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, Any]:
+    return {
+        "notice_id": notice_id,
+        "event": event,
+        "tenant_id": "contoso",
+        "connection_id": "8a1f",
+        "connection_name": "Contoso ITSM",
+        "instance_url": "https://contoso.service-now.com",
+        "status": event,
+        "detail": "invalid_client from /oauth_token.do",
+        "occurred_at": "2026-11-28T10:05:00Z",
+    }
+
+
+def message(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, Any]:
+    return {"notice": notice(notice_id, event), "recipients": list(ADMINS)}
+
+
+@pytest.fixture(scope="module")
+def cert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture(scope="module")
+def webhook_server() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def graph_server(cert_folder: Path) -> Iterator[GraphStandIn]:
+    with GraphStandIn(TENANT, CLIENT_ID, CLIENT_SECRET, cert_folder) as standin:
+        yield standin
+
+
+@pytest.fixture
+def webhook(webhook_server: WebhookReceiver) -> WebhookReceiver:
+    webhook_server.reset()
+    return webhook_server
+
+
+@pytest.fixture
+def graph(
+    graph_server: GraphStandIn, cert_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> GraphStandIn:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_bundle(cert_folder)))
+    graph_server.reset()
+    return graph_server
+
+
+@pytest.fixture(autouse=True)
+def fresh_msal_apps() -> Iterator[None]:
+    notifier._apps.clear()
+    yield
+    notifier._apps.clear()
+
+
+@pytest.fixture
+def settings(
+    webhook: WebhookReceiver, graph: GraphStandIn, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    values = {
+        "NOTIFY_WEBHOOK_URL": webhook.url + "/notices",
+        "NOTIFY_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GRAPH_TENANT_ID": TENANT,
+        "GRAPH_CLIENT_ID": CLIENT_ID,
+        "GRAPH_CLIENT_SECRET": CLIENT_SECRET,
+        "GRAPH_SENDER": SENDER,
+        "GRAPH_AUTHORITY_HOST": graph.authority_host,
+        "GRAPH_API_URL": graph.api_url,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def assert_no_secrets(*texts: str) -> None:
+    for text in texts:
+        assert WEBHOOK_SECRET not in text
+        assert CLIENT_SECRET not in text
+
+
+def test_webhook_gets_the_signed_notice_and_the_mail_is_sent(
+    settings: dict[str, str],
+    webhook: WebhookReceiver,
+    graph: GraphStandIn,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    deliver_notice(message())  # settings from the environment
+
+    [delivery] = webhook.wait_for(1)
+    assert delivery.accepted and delivery.signature_valid and not delivery.duplicate
+    assert delivery.notice_id == "n-1"
+    assert delivery.body == notice()
+    assert delivery.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert delivery.path == "/notices"
+
+    [mail] = graph.wait_for(1)
+    assert mail.accepted and mail.sender == SENDER
+    assert mail.to == ADMINS
+    assert "Contoso ITSM" in mail.subject and "renewal failed" in mail.subject
+    assert mail.content_type == "Text"
+    for expected in (
+        "https://contoso.service-now.com",
+        "contoso",
+        "renewal_failed",
+        "invalid_client from /oauth_token.do",
+        "2026-11-28T10:05:00Z",
+        "glide.oauth.inbound.client.credential.grant_type.enabled",
+        "OAuth Application User",
+        "Automate365 > Connections",
+    ):
+        assert expected in mail.body
+    assert not mail.save_to_sent_items
+
+    assert "notice n-1 event=renewal_failed channel=webhook result=delivered" in logs.text
+    assert "notice n-1 event=renewal_failed channel=email result=sent" in logs.text
+    assert_no_secrets(logs.text)
+
+
+def test_the_signature_covers_exactly_the_bytes_sent() -> None:
+    body = notifier.webhook_body(notice() | {"connection_name": "Contoso ÅS"})
+
+    assert body == json.dumps(
+        notice() | {"connection_name": "Contoso ÅS"}, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+    assert notifier.signature(WEBHOOK_SECRET, body) == sign(WEBHOOK_SECRET, body)
+
+
+def test_each_event_mail_says_what_to_do(settings: dict[str, str], graph: GraphStandIn) -> None:
+    expected = {
+        "invalid_credentials": "replace it on the connection",
+        "renewal_failed": "client credentials grant",
+        "unreachable": "hibernating",
+        "expiring": "before the current one expires",
+        "expired": "now",
+        "restored": "Nothing to do",
+    }
+    for number, event in enumerate(expected):
+        deliver_notice(message(f"n-{number}", event), settings)
+
+    mails = graph.wait_for(len(expected))
+    for mail, (event, advice) in zip(mails, expected.items(), strict=True):
+        assert notifier.EVENT_TEXTS[event].title in mail.subject
+        assert advice in mail.body
+
+
+def test_two_notices_need_one_token_request(
+    settings: dict[str, str], webhook: WebhookReceiver, graph: GraphStandIn
+) -> None:
+    deliver_notice(message("n-1"), settings)
+    deliver_notice(message("n-2", "restored"), settings)
+
+    assert len(graph.wait_for(2, accepted_only=True)) == 2
+    assert graph.token_requests == 1
+    assert [d.notice_id for d in webhook.wait_for(2, accepted_only=True)] == ["n-1", "n-2"]
+
+
+def test_a_webhook_failure_raises_before_the_mail_is_sent(
+    settings: dict[str, str],
+    webhook: WebhookReceiver,
+    graph: GraphStandIn,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    webhook.fail_next(1, status=500)
+
+    with pytest.raises(DeliveryError, match="500") as raised:
+        deliver_notice(message(), settings)
+
+    assert [d.status for d in webhook.wait_for(1)] == [500]
+    assert graph.mails == [] and graph.token_requests == 0
+    assert "channel=webhook result=failed (the receiver answered 500)" in logs.text
+    assert_no_secrets(str(raised.value), logs.text)
+
+
+def test_a_webhook_client_error_still_raises(
+    settings: dict[str, str], webhook: WebhookReceiver
+) -> None:
+    with pytest.raises(DeliveryError, match="401"):
+        deliver_notice(message(), settings | {"NOTIFY_WEBHOOK_SECRET": "not-the-secret"})
+
+    assert [d.signature_valid for d in webhook.wait_for(1)] == [False]
+
+
+def test_a_redirect_is_not_followed(settings: dict[str, str], webhook: WebhookReceiver) -> None:
+    def redirect(environ: dict[str, Any], start_response: Any) -> Any:
+        return Response(status=307, headers={"Location": webhook.url})(environ, start_response)
+
+    redirector = BackgroundServer(redirect, "127.0.0.1", 0, name="redirector")
+    with redirector as server, pytest.raises(DeliveryError, match="307"):
+        deliver_notice(message(), settings | {"NOTIFY_WEBHOOK_URL": server.url})
+
+    assert webhook.received == []
+
+
+def test_an_unreachable_webhook_raises_without_the_url(settings: dict[str, str]) -> None:
+    url = "http://127.0.0.1:9/hook?token=url-held-token"
+
+    with pytest.raises(DeliveryError, match="ConnectionError") as raised:
+        deliver_notice(message(), settings | {"NOTIFY_WEBHOOK_URL": url})
+
+    assert "url-held-token" not in str(raised.value)
+
+
+def test_graph_503_raises(
+    settings: dict[str, str], graph: GraphStandIn, logs: pytest.LogCaptureFixture
+) -> None:
+    graph.fail_next(1, status=503)
+
+    with pytest.raises(DeliveryError, match="503") as raised:
+        deliver_notice(message(), settings)
+
+    assert [m.status for m in graph.wait_for(1)] == [503]
+    assert "channel=email result=failed (sendMail answered 503" in logs.text
+    assert_no_secrets(str(raised.value), logs.text)
+
+
+def test_a_token_endpoint_failure_raises(settings: dict[str, str], graph: GraphStandIn) -> None:
+    graph.fail_next_token_requests(1, status=503)
+
+    with pytest.raises(DeliveryError, match="token"):
+        deliver_notice(message(), settings)
+
+    assert graph.mails == []
+
+
+def test_a_wrong_graph_secret_raises_without_the_secret(
+    settings: dict[str, str], graph: GraphStandIn, logs: pytest.LogCaptureFixture
+) -> None:
+    wrong = "wrong-graph-secret-value"
+
+    with pytest.raises(DeliveryError, match="invalid_client") as raised:
+        deliver_notice(message(), settings | {"GRAPH_CLIENT_SECRET": wrong})
+
+    assert graph.mails == []
+    for text in (str(raised.value), logs.text):
+        assert wrong not in text
+    assert_no_secrets(str(raised.value), logs.text)
+
+
+def test_an_unconfigured_webhook_is_skipped_with_one_line(
+    settings: dict[str, str],
+    webhook: WebhookReceiver,
+    graph: GraphStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="renewal.notifier")
+
+    deliver_notice(message(), settings | {"NOTIFY_WEBHOOK_URL": ""})
+
+    skipped = [r.getMessage() for r in caplog.records if "channel=webhook" in r.getMessage()]
+    assert skipped == [
+        "notice n-1 event=renewal_failed channel=webhook result=skipped "
+        "(NOTIFY_WEBHOOK_URL is not set)"
+    ]
+    assert webhook.received == []
+    assert len(graph.wait_for(1, accepted_only=True)) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"GRAPH_SENDER": ""}, "GRAPH_SENDER not set"),
+        (
+            {"GRAPH_TENANT_ID": "", "GRAPH_CLIENT_SECRET": " "},
+            "GRAPH_TENANT_ID, GRAPH_CLIENT_SECRET",
+        ),
+    ],
+)
+def test_an_unconfigured_graph_is_skipped_with_one_line(
+    settings: dict[str, str],
+    webhook: WebhookReceiver,
+    graph: GraphStandIn,
+    caplog: pytest.LogCaptureFixture,
+    change: dict[str, str],
+    reason: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="renewal.notifier")
+
+    deliver_notice(message(), settings | change)
+
+    [line] = [r.getMessage() for r in caplog.records if "channel=email" in r.getMessage()]
+    assert "result=skipped" in line and reason in line
+    assert len(webhook.wait_for(1, accepted_only=True)) == 1
+    assert graph.token_requests == 0 and graph.mails == []
+
+
+def test_no_recipients_skips_the_mail(
+    settings: dict[str, str], graph: GraphStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="renewal.notifier")
+
+    deliver_notice({"notice": notice(), "recipients": []}, settings)
+
+    assert "channel=email result=skipped (no recipients)" in caplog.text
+    assert graph.token_requests == 0 and graph.mails == []
+
+
+def test_nothing_configured_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="renewal.notifier")
+
+    deliver_notice(message(), {})
+
+    assert [r.levelname for r in caplog.records if r.name == "renewal.notifier"] == ["INFO"] * 2
+
+
+def test_a_webhook_url_without_a_secret_raises(settings: dict[str, str]) -> None:
+    with pytest.raises(DeliveryError, match="NOTIFY_WEBHOOK_SECRET is not set"):
+        deliver_notice(message(), settings | {"NOTIFY_WEBHOOK_SECRET": ""})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        [],
+        {"recipients": ADMINS},
+        {"notice": "n-1", "recipients": ADMINS},
+        {"notice": {k: v for k, v in notice().items() if k != "notice_id"}, "recipients": []},
+        {"notice": notice() | {"notice_id": " "}, "recipients": []},
+        {"notice": notice() | {"event": "exploded"}, "recipients": []},
+        {"notice": notice() | {"occurred_at": 5}, "recipients": []},
+        {"notice": notice(), "recipients": "it-admins@contoso.example"},
+        {"notice": notice(), "recipients": ["not an address"]},
+    ],
+)
+def test_an_invalid_message_is_invalid_notice(bad: Any, webhook: WebhookReceiver) -> None:
+    with pytest.raises(InvalidNotice):
+        deliver_notice(bad, {"NOTIFY_WEBHOOK_URL": webhook.url, "NOTIFY_WEBHOOK_SECRET": "x"})
+
+    assert webhook.received == []
+    assert issubclass(InvalidNotice, ValueError)
