@@ -6,17 +6,16 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 
 import azure.functions as func
-from azure.core.exceptions import AzureError
 
-from connections import errors, service
+from connections import errors
 from connections.catalogue import CONNECTION_TYPES
 from connections.errors import ApiError, FieldError
 from connections.http import error_response, json_response
 from connections.model import Connection
-from connections.openapi import openapi_document
-from connections.services import services
 from connections.validation import check_tenant_id, is_connection_id, parse_json_body
-from renewal.worker import check_now
+
+# The Azure SDKs, and what stands on them, are imported on first use inside the handlers, so
+# importing the app (a cold start) stays as cheap as importing azure.functions.
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -36,7 +35,11 @@ def api_errors(handler: Handler) -> Handler:
         except ApiError as exc:
             details = [detail.to_dict() for detail in exc.details]
             return error_response(exc.status, exc.code, exc.message, details)
-        except AzureError as exc:
+        except Exception as exc:
+            from azure.core.exceptions import AzureError
+
+            if not isinstance(exc, AzureError):
+                raise
             log.warning("storage or vault unavailable: %s", type(exc).__name__)
             return error_response(
                 503,
@@ -46,6 +49,18 @@ def api_errors(handler: Handler) -> Handler:
             )
 
     return wrapper
+
+
+def _service():
+    from connections import service
+
+    return service
+
+
+def _services():
+    from connections.services import services
+
+    return services()
 
 
 def _connection_response(connection: Connection, status_code: int = 200, **headers: str):
@@ -94,6 +109,8 @@ def connection_types(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("openapi")
 @bp.route(route="openapi.json", methods=["GET"])
 def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    from connections.openapi import openapi_document
+
     return json_response(openapi_document())
 
 
@@ -103,7 +120,7 @@ def openapi(req: func.HttpRequest) -> func.HttpResponse:
 def create_connection(req: func.HttpRequest) -> func.HttpResponse:
     tenant_id = _tenant(req)
     body = parse_json_body(req.get_body(), req.headers.get("Content-Type"))
-    connection = service.create_connection(services(), tenant_id, body)
+    connection = _service().create_connection(_services(), tenant_id, body)
     return _connection_response(connection, 201, Location=_connection_url(req, connection))
 
 
@@ -113,7 +130,9 @@ def create_connection(req: func.HttpRequest) -> func.HttpResponse:
 def list_connections(req: func.HttpRequest) -> func.HttpResponse:
     tenant_id = _tenant(req)
     limit = _page_size(req)
-    items, cursor = service.list_connections(services(), tenant_id, limit, req.params.get("cursor"))
+    items, cursor = _service().list_connections(
+        _services(), tenant_id, limit, req.params.get("cursor")
+    )
     next_url = None
     if cursor:
         next_url = f"/api/tenants/{tenant_id}/connections?" + urlencode(
@@ -126,7 +145,7 @@ def list_connections(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tenants/{tenant_id}/connections/{connection_id}", methods=["GET"])
 @api_errors
 def get_connection(req: func.HttpRequest) -> func.HttpResponse:
-    connection = service.get_connection(services(), _tenant(req), _connection_id(req))
+    connection = _service().get_connection(_services(), _tenant(req), _connection_id(req))
     return _connection_response(connection)
 
 
@@ -136,8 +155,8 @@ def get_connection(req: func.HttpRequest) -> func.HttpResponse:
 def update_connection(req: func.HttpRequest) -> func.HttpResponse:
     tenant_id, connection_id = _tenant(req), _connection_id(req)
     patch = parse_json_body(req.get_body(), req.headers.get("Content-Type"))
-    connection = service.update_connection(
-        services(), tenant_id, connection_id, patch, req.headers.get("If-Match")
+    connection = _service().update_connection(
+        _services(), tenant_id, connection_id, patch, req.headers.get("If-Match")
     )
     return _connection_response(connection)
 
@@ -147,7 +166,7 @@ def update_connection(req: func.HttpRequest) -> func.HttpResponse:
 @api_errors
 def delete_connection(req: func.HttpRequest) -> func.HttpResponse:
     tenant_id, connection_id = _tenant(req), _connection_id(req)
-    service.delete_connection(services(), tenant_id, connection_id, req.headers.get("If-Match"))
+    _service().delete_connection(_services(), tenant_id, connection_id, req.headers.get("If-Match"))
     return func.HttpResponse(status_code=204)
 
 
@@ -155,5 +174,7 @@ def delete_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tenants/{tenant_id}/connections/{connection_id}/check", methods=["POST"])
 @api_errors
 def check_connection(req: func.HttpRequest) -> func.HttpResponse:
-    connection = check_now(services(), _tenant(req), _connection_id(req))
+    from renewal.worker import check_now
+
+    connection = check_now(_services(), _tenant(req), _connection_id(req))
     return _connection_response(connection)

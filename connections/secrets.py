@@ -2,6 +2,8 @@
 
 import contextlib
 import logging
+import threading
+from collections import OrderedDict
 from datetime import datetime
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -21,9 +23,38 @@ def secret_name(connection_id: str, kind: str) -> str:
     return f"conn-{connection_id}-{kind.replace('_', '-')}"
 
 
+class _VersionCache:
+    """Values of exact secret versions, which Key Vault never changes; bounded, in memory only."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> str | None:
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, str], value: str) -> None:
+        with self._lock:
+            self._values[key] = value
+            self._values.move_to_end(key)
+            while len(self._values) > self._size:
+                self._values.popitem(last=False)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            for key in [key for key in self._values if key[0] == name]:
+                del self._values[key]
+
+
 class SecretStore:
-    def __init__(self, client: SecretClient) -> None:
+    def __init__(self, client: SecretClient, cache_size: int = 20_000) -> None:
         self._client = client
+        self._cache = _VersionCache(cache_size)
 
     def put(
         self,
@@ -34,23 +65,37 @@ class SecretStore:
         expires_on: datetime | None = None,
     ) -> str:
         """Stores a new version and returns its version id."""
+        name = secret_name(connection_id, kind)
         secret = self._client.set_secret(
-            secret_name(connection_id, kind),
+            name,
             value,
             content_type=CONTENT_TYPES[kind],
             tags={"tenant": tenant_id, "connection": connection_id, "kind": kind},
             expires_on=expires_on,
         )
-        return secret.properties.version or ""
+        version = secret.properties.version or ""
+        if version:
+            self._cache.put((name, version), value)
+        return version
 
     def get(self, connection_id: str, kind: str, version: str | None) -> str:
-        secret = self._client.get_secret(secret_name(connection_id, kind), version or None)
-        return secret.value or ""
+        """The given version (from memory once seen), or the latest when `version` is None."""
+        name = secret_name(connection_id, kind)
+        if version:
+            cached = self._cache.get((name, version))
+            if cached is not None:
+                return cached
+        secret = self._client.get_secret(name, version or None)
+        value = secret.value or ""
+        if secret.properties.version:
+            self._cache.put((name, secret.properties.version), value)
+        return value
 
     def purge(self, connection_id: str, kinds: list[str]) -> None:
         """Deletes and purges the given kinds, so their names can never be met again."""
         for kind in kinds:
             name = secret_name(connection_id, kind)
+            self._cache.forget(name)
             with contextlib.suppress(ResourceNotFoundError):
                 self._client.begin_delete_secret(name).wait()
             with contextlib.suppress(ResourceNotFoundError):

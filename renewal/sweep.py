@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SweepSettings:
-    concurrency: int = 16
+    concurrency: int = 32
     limit: int = 5000
     lookahead: timedelta = timedelta(minutes=4)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> "SweepSettings":
         return cls(
-            concurrency=max(1, int(environ.get("RENEWAL_CONCURRENCY") or 16)),
+            concurrency=max(1, int(environ.get("RENEWAL_CONCURRENCY") or 32)),
             limit=max(1, int(environ.get("RENEWAL_BATCH_LIMIT") or 5000)),
             lookahead=timedelta(seconds=int(environ.get("RENEWAL_LOOKAHEAD_SECONDS") or 240)),
         )
@@ -52,7 +52,7 @@ def _work_entry(services: Services, entry: DueEntry) -> str:
         if due is None or due > services.clock():
             return "stale"
     try:
-        return work(services, connection).status
+        return work(services, connection, probe=False).status
     except Busy:
         return "busy"
 

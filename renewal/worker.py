@@ -87,7 +87,9 @@ def _exchange(services: Services, connection: Connection) -> TokenGrant:
     return client.client_credentials(url, client_id, client_secret)
 
 
-def _renew_oauth(services: Services, connection: Connection) -> tuple[Outcome, int | None]:
+def _renew_oauth(
+    services: Services, connection: Connection, probe: bool
+) -> tuple[Outcome, int | None]:
     try:
         grant = _exchange(services, connection)
     except Rejected as exc:
@@ -95,6 +97,8 @@ def _renew_oauth(services: Services, connection: Connection) -> tuple[Outcome, i
     except Unreachable as exc:
         return Outcome(TRANSIENT, exc.message), None
     _store_tokens(services, connection, grant)
+    if not probe:
+        return Outcome(OK, "Token renewed."), grant.expires_in
     try:
         proof = services.servicenow.prove_access_token(connection.instance_url, grant)
     except Rejected as exc:
@@ -120,10 +124,10 @@ def _check_api_token(services: Services, connection: Connection) -> Outcome:
     return Outcome(OK, proof.detail)
 
 
-def _attempt(services: Services, connection: Connection) -> tuple[Outcome, int | None]:
+def _attempt(services: Services, connection: Connection, probe: bool) -> tuple[Outcome, int | None]:
     if connection.method == API_TOKEN:
         return _check_api_token(services, connection), None
-    return _renew_oauth(services, connection)
+    return _renew_oauth(services, connection, probe)
 
 
 def _release_after_fault(services: Services, connection: Connection, previous) -> None:
@@ -137,13 +141,18 @@ def _release_after_fault(services: Services, connection: Connection, previous) -
         log.warning("connection %s: lease left to expire after a storage fault", connection.id)
 
 
-def work(services: Services, connection: Connection, owner: str | None = None) -> Connection:
-    """Renews or checks the connection now; raises Busy if another worker holds it."""
+def work(
+    services: Services, connection: Connection, owner: str | None = None, *, probe: bool = True
+) -> Connection:
+    """Renews or checks the connection now; raises Busy if another worker holds it.
+
+    With `probe`, a renewed OAuth token is also tried on the Table API (which refreshes the
+    capabilities); the sweep's scheduled renewals skip that, an API check does it."""
     previous = current_entry(connection)
     connection = take_lease(services, connection, owner or uuid.uuid4().hex)
     flush_notices(services, connection)
     try:
-        outcome, expires_in = _attempt(services, connection)
+        outcome, expires_in = _attempt(services, connection, probe)
     except AzureError:
         _release_after_fault(services, connection, previous)
         raise
