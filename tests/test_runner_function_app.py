@@ -1,25 +1,15 @@
 """The local host serving the real function_app.py."""
 
-from collections.abc import Iterator
-
 import pytest
 import requests
 
-from localrun.host import LocalHost, load_function_app
-from localrun.keys import Keys
-
-SETTINGS = {
-    "RENEWAL_SCHEDULE": "0 */5 * * * *",
-    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
-}
-KEYS = Keys(function_key="function-key", master_key="master-key")
+from localrun.host import LocalHost
 
 
-@pytest.fixture(scope="module")
-def host() -> Iterator[LocalHost]:
-    local_host = LocalHost(load_function_app(), SETTINGS, KEYS).start(port=0, triggers=False)
-    yield local_host
-    local_host.stop()
+@pytest.fixture
+def host(app_host: LocalHost) -> LocalHost:
+    """The real app, wired to Azurite and the stand-ins (conftest's `app_host`)."""
+    return app_host
 
 
 def test_health_is_open(host: LocalHost) -> None:
@@ -29,7 +19,7 @@ def test_health_is_open(host: LocalHost) -> None:
 def test_connection_types_needs_the_function_key(host: LocalHost) -> None:
     url = host.url + "/api/connection-types"
     assert requests.get(url, timeout=10).status_code == 401
-    response = requests.get(url, headers={"x-functions-key": "function-key"}, timeout=10)
+    response = requests.get(url, headers={"x-functions-key": host.keys.function_key}, timeout=10)
     assert response.status_code == 200
 
 
@@ -37,10 +27,11 @@ def test_admin_call_starts_the_renewal_sweep(host: LocalHost) -> None:
     response = requests.post(
         host.url + "/admin/functions/renewal_sweep",
         json={"input": ""},
-        headers={"x-functions-key": "master-key"},
+        headers={"x-functions-key": host.keys.master_key},
         timeout=10,
     )
     assert response.status_code == 202
+    host.wait_for_admin_runs()
 
 
 def test_every_trigger_is_served(host: LocalHost) -> None:
