@@ -8,7 +8,7 @@ import json
 import logging
 import ssl
 import threading
-from typing import Any
+from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Response
@@ -66,6 +66,27 @@ class BackgroundServer:
             self._thread.join(timeout=10)
 
     def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServedStandIn:
+    """Start, stop and `with` for a stand-in whose `_server` is a BackgroundServer."""
+
+    _server: BackgroundServer
+    label = "stand-in"
+
+    def start(self) -> Self:
+        self._server.start()
+        log.info("%s listening on %s", self.label, self._server.url)
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

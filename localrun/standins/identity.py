@@ -23,7 +23,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from localrun.server import BackgroundServer, json_reply
+from localrun.server import BackgroundServer, ServedStandIn, json_reply
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,10 @@ def _error(status: int, message: str) -> Response:
     return json_reply({"statusCode": status, "message": message}, status)
 
 
-class IdentityStandIn:
+class IdentityStandIn(ServedStandIn):
     """Serves the managed-identity token endpoint over http on loopback."""
+
+    label = "identity stand-in"
 
     def __init__(
         self,
@@ -106,20 +108,6 @@ class IdentityStandIn:
     def tokens_issued(self) -> int:
         with self._lock:
             return self._issued
-
-    def start(self) -> "IdentityStandIn":
-        self._server.start()
-        log.info("identity stand-in listening on %s", self.url)
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> "IdentityStandIn":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)

@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 from werkzeug.wrappers import Request, Response
 
 from localrun.clock import Clock, SystemClock
-from localrun.server import BackgroundServer, json_reply
+from localrun.server import BackgroundServer, ServedStandIn, json_reply
 from localrun.standins.identity import TokenIssuer
 from localrun.tls import server_context
 
@@ -484,8 +484,10 @@ def _fault_reply(fault: Fault) -> Response:
     return error_reply(fault.status, code, "Injected failure")
 
 
-class KeyVaultStandIn:
+class KeyVaultStandIn(ServedStandIn):
     """Serves a vault at `url` (https://127.0.0.1:PORT); tokens must be for `resource`."""
+
+    label = "key vault stand-in"
 
     def __init__(
         self,
@@ -505,20 +507,6 @@ class KeyVaultStandIn:
         self.url = self._server.url
         self.resource = f"https://0.0.1:{self._server.port}"
         self.store = SecretStore(self.url, clock or SystemClock(), retention_days)
-
-    def start(self) -> "KeyVaultStandIn":
-        self._server.start()
-        log.info("key vault stand-in listening on %s", self.url)
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> "KeyVaultStandIn":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def challenge_header(self) -> str:
         authority = f"https://login.microsoftonline.com/{self.tenant_id}"

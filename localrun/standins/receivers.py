@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from localrun.server import BackgroundServer, json_reply
+from localrun.server import BackgroundServer, ServedStandIn, json_reply
 from localrun.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,14 @@ class Delivery:
         }
 
 
-class WebhookReceiver:
+class WebhookReceiver(ServedStandIn):
     """Receives signed notice POSTs on plain http: 204 when the signature is valid, 401 when not.
 
     A valid delivery also needs a JSON body whose `notice_id` equals `X-Notice-Id` (else 400).
     A repeated notice id is still answered 204 and recorded with `duplicate=True`.
     """
+
+    label = "webhook receiver"
 
     def __init__(self, secret: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.secret = secret
@@ -169,20 +171,6 @@ class WebhookReceiver:
         self._fail = _FailPlan()
         self._server = BackgroundServer(_wsgi(self._handle), host, port, name="webhook-receiver")
         self.url: str = self._server.url
-
-    def start(self) -> "WebhookReceiver":
-        self._server.start()
-        log.info("webhook receiver listening on %s", self.url)
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> "WebhookReceiver":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def received(self) -> list[Delivery]:
@@ -324,12 +312,14 @@ _GRAPH_ROUTES = Map(
 )
 
 
-class GraphStandIn:
+class GraphStandIn(ServedStandIn):
     """Entra ID (client-credentials tokens) and Graph `sendMail` for one registered app.
 
     Tokens are signed with a key derived from the app's registration, so a token that an MSAL
     cache kept from an earlier stand-in with the same registration is still accepted.
     """
+
+    label = "graph stand-in"
 
     def __init__(
         self,
@@ -358,20 +348,6 @@ class GraphStandIn:
         self.authority_host: str = self.url
         self.api_url: str = self.url
         self.authority: str = f"{self.url}/{tenant_id}"
-
-    def start(self) -> "GraphStandIn":
-        self._server.start()
-        log.info("graph stand-in listening on %s (tenant %s)", self.url, self.tenant_id)
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> "GraphStandIn":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def mails(self) -> list[Mail]:
