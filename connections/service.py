@@ -41,6 +41,8 @@ from connections.validation import ConnectionInput, validate_create, validate_pa
 
 log = logging.getLogger(__name__)
 
+NOTICE_RETRY = timedelta(minutes=1)
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -134,21 +136,40 @@ def save(
         services.store.replace(connection, previous_name or connection.name)
     if previous_entry is not None and previous_entry != entry:
         services.due.remove(previous_entry)
-    flush_notices(services, connection)
+    if not flush_notices(services, connection):
+        _come_back_for_notices(services, connection)
     return connection
 
 
-def flush_notices(services: Services, connection: Connection) -> None:
-    """Enqueues the notices the record holds, then clears them. A notice that could not be
-    enqueued stays in the record and goes out on the next visit, with the same id."""
+def _come_back_for_notices(services: Services, connection: Connection) -> None:
+    """The queue refused the notices: make the record due soon, so a sweep sends them."""
+    previous = current_entry(connection)
+    connection.next_due_at = services.clock() + NOTICE_RETRY
+    connection.due_exact = False
+    entry = current_entry(connection)
+    try:
+        if entry is not None:
+            services.due.put(entry)
+        services.store.replace(connection, connection.name)
+        if previous is not None and previous != entry:
+            services.due.remove(previous)
+    except (ApiError, AzureError):
+        log.warning("connection %s: notices kept in the record until its next visit", connection.id)
+
+
+def flush_notices(services: Services, connection: Connection) -> bool:
+    """Enqueues the notices the record holds, then clears them; False if the queue refused.
+
+    A notice that could not be enqueued stays in the record and goes out on a later visit, with
+    the same id."""
     if not connection.pending_notices:
-        return
+        return True
     try:
         for message in connection.pending_notices:
             services.notices.send(message)
     except AzureError:
         log.warning("notices of connection %s not enqueued yet; kept for retry", connection.id)
-        return
+        return False
     connection.pending_notices = []
     try:
         services.store.replace(connection, connection.name)
@@ -156,6 +177,7 @@ def flush_notices(services: Services, connection: Connection) -> None:
         log.warning(
             "connection %s: sent notices not cleared; a resend keeps their ids", connection.id
         )
+    return True
 
 
 # -- secrets ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from azure.core.exceptions import ServiceRequestError
 
 from connections.clients import DUE_TABLE, table_client
 from connections.model import parse_time
@@ -284,6 +285,32 @@ def test_the_life_runs_end_to_end_through_the_admin_call(life, stack, app_host, 
     stack.webhook.wait_for(1)
     stack.graph.wait_for(1)
     assert events(stack) == ["renewal_failed"]
+
+
+def test_a_notice_the_queue_refused_goes_out_on_the_next_sweep(
+    life, stack, app_host, clock, monkeypatch
+):
+    services, api = life
+    tenant = "life" + uuid.uuid4().hex[:8]
+    created = create(api, stack, tenant, {"method": "api_token", "api_token": API_TOKEN})
+    real_send = services.notices.send
+
+    def queue_down(message):
+        raise ServiceRequestError("queue storage is down")
+
+    monkeypatch.setattr(services.notices, "send", queue_down)
+    stack.servicenow.state.revoke_api_key("renewal-key")
+    clock.advance(6 * 3600 + 1)
+    run_sweep(services, SWEEP)
+    assert read(api, tenant, created["id"])["status"] == "invalid_credentials"
+    assert deliver_notices(app_host) == 0
+    monkeypatch.setattr(services.notices, "send", real_send)
+    clock.advance(60)
+    run_sweep(services, SWEEP)
+    clock.advance(3600)
+    run_sweep(services, SWEEP)
+    assert deliver_notices(app_host) == 1
+    assert events(stack) == ["invalid_credentials"]
 
 
 def test_notice_that_cannot_be_delivered_ends_in_the_poison_queue(life, stack, app_host):
