@@ -1,16 +1,14 @@
 """Shared fixtures."""
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-# The project root on sys.path, so plain `pytest` (not only `python -m pytest`) imports the app.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from localrun.azurite import Azurite, free_ports
+
+# pyproject.toml puts the project root on sys.path (pythonpath), so the app imports.
+pytest_plugins = ["tests.receiver_fixtures"]
 
 if TYPE_CHECKING:
     from localrun.host import LocalHost

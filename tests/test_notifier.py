@@ -3,7 +3,6 @@
 import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,15 +10,10 @@ from werkzeug.wrappers import Response
 
 from localrun.server import BackgroundServer
 from localrun.standins.receivers import GraphStandIn, WebhookReceiver, sign
-from localrun.tls import ca_bundle
 from renewal import notifier
 from renewal.notifier import DeliveryError, InvalidNotice, deliver_notice
+from tests.receiver_fixtures import CLIENT_ID, CLIENT_SECRET, SENDER, TENANT, WEBHOOK_SECRET
 
-WEBHOOK_SECRET = "webhook-secret-never-logged"
-TENANT = "11111111-2222-3333-4444-555555555555"
-CLIENT_ID = "66666666-7777-8888-9999-000000000000"
-CLIENT_SECRET = "graph-secret-never-logged"
-SENDER = "notices@contoso.example"
 ADMINS = ["it-admins@contoso.example", "ops@contoso.example"]
 
 
@@ -39,38 +33,6 @@ def notice(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, A
 
 def message(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, Any]:
     return {"notice": notice(notice_id, event), "recipients": list(ADMINS)}
-
-
-@pytest.fixture(scope="module")
-def cert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("certs")
-
-
-@pytest.fixture(scope="module")
-def webhook_server() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
-        yield receiver
-
-
-@pytest.fixture(scope="module")
-def graph_server(cert_folder: Path) -> Iterator[GraphStandIn]:
-    with GraphStandIn(TENANT, CLIENT_ID, CLIENT_SECRET, cert_folder) as standin:
-        yield standin
-
-
-@pytest.fixture
-def webhook(webhook_server: WebhookReceiver) -> WebhookReceiver:
-    webhook_server.reset()
-    return webhook_server
-
-
-@pytest.fixture
-def graph(
-    graph_server: GraphStandIn, cert_folder: Path, monkeypatch: pytest.MonkeyPatch
-) -> GraphStandIn:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_bundle(cert_folder)))
-    graph_server.reset()
-    return graph_server
 
 
 @pytest.fixture(autouse=True)

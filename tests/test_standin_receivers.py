@@ -2,7 +2,6 @@
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import msal
@@ -10,13 +9,9 @@ import pytest
 import requests
 
 from localrun.standins.receivers import GRAPH_SCOPE, GraphStandIn, WebhookReceiver, sign
-from localrun.tls import ca_bundle
+from tests.receiver_fixtures import CLIENT_ID, CLIENT_SECRET, SENDER, TENANT, WEBHOOK_SECRET
 
-SECRET = "webhook-shared-secret"
-TENANT = "11111111-2222-3333-4444-555555555555"
-CLIENT_ID = "66666666-7777-8888-9999-000000000000"
-CLIENT_SECRET = "graph-client-secret"
-SENDER = "notices@contoso.example"
+SECRET = WEBHOOK_SECRET
 
 
 def notice(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, str]:
@@ -43,18 +38,6 @@ def post_notice(
 
 
 # One server per module, reset before each test: stopping a server takes up to half a second.
-
-
-@pytest.fixture(scope="module")
-def webhook_server() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver(SECRET) as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def webhook(webhook_server: WebhookReceiver) -> WebhookReceiver:
-    webhook_server.reset()
-    return webhook_server
 
 
 def test_webhook_accepts_a_valid_signature(
@@ -123,27 +106,6 @@ def test_webhook_wait_for_times_out_with_what_it_has(webhook: WebhookReceiver) -
 
 
 # --- Graph -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("certs")
-
-
-@pytest.fixture(scope="module")
-def graph_server(cert_folder: Path) -> Iterator[GraphStandIn]:
-    with GraphStandIn(TENANT, CLIENT_ID, CLIENT_SECRET, cert_folder) as standin:
-        yield standin
-
-
-@pytest.fixture
-def graph(
-    graph_server: GraphStandIn, cert_folder: Path, monkeypatch: pytest.MonkeyPatch
-) -> GraphStandIn:
-    """The stand-in, reset, with MSAL's and requests' sessions trusting the local CA."""
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_bundle(cert_folder)))
-    graph_server.reset()
-    return graph_server
 
 
 def msal_app(
