@@ -394,6 +394,15 @@ def test_delete_removes_record_and_purges_secrets(api, stack, tenant):
     create(api, tenant, oauth_body(stack))
 
 
+def test_delete_honours_if_match(api, stack, tenant):
+    created = create(api, tenant, api_token_body(stack))
+    path = f"{connections_path(tenant)}/{created['id']}"
+    stale = api.call("DELETE", path, headers={"If-Match": "W/\"datetime'2000-01-01'\""})
+    assert stale.status_code == 412
+    etag = api.call("GET", path).headers["ETag"]
+    assert api.call("DELETE", path, headers={"If-Match": etag}).status_code == 204
+
+
 def test_check_reports_a_revoked_key_and_its_recovery(api, stack, tenant):
     created = create(api, tenant, api_token_body(stack))
     path = f"{connections_path(tenant)}/{created['id']}/check"
