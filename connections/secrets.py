@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from datetime import datetime
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.keyvault.secrets import SecretClient
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,22 @@ class SecretStore:
         return value
 
     def purge(self, connection_id: str, kinds: list[str]) -> None:
-        """Deletes and purges the given kinds, so their names can never be met again."""
+        """Deletes and purges the given kinds, so their names can never be met again.
+
+        A vault with purge protection refuses the purge: the deleted secret then stays
+        recoverable until its retention ends, and no record refers to it any more."""
         for kind in kinds:
             name = secret_name(connection_id, kind)
             self._cache.forget(name)
             with contextlib.suppress(ResourceNotFoundError):
                 self._client.begin_delete_secret(name).wait()
-            with contextlib.suppress(ResourceNotFoundError):
+            try:
                 self._client.purge_deleted_secret(name)
+            except ResourceNotFoundError:
+                pass
+            except HttpResponseError as exc:
+                if exc.status_code != 403:
+                    raise
+                log.info("secret %s deleted; the vault keeps it until retention ends", name)
+                continue
             log.info("secret %s deleted and purged", name)

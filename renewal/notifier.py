@@ -26,6 +26,8 @@ DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 GRAPH_SETTINGS = ("GRAPH_TENANT_ID", "GRAPH_CLIENT_ID", "GRAPH_CLIENT_SECRET", "GRAPH_SENDER")
 APP_PATH = "the BindTuning App > Automate365 > Connections"
+# What an app setting holds when App Service could not resolve its Key Vault reference.
+UNRESOLVED_REFERENCE = "@Microsoft.KeyVault("
 
 NOTICE_FIELDS = (
     "notice_id",
@@ -196,6 +198,8 @@ def _webhook_channel(
     secret = settings.get("NOTIFY_WEBHOOK_SECRET") or ""
     if not secret:
         raise _fail(notice, "webhook", "NOTIFY_WEBHOOK_SECRET is not set")
+    if secret.startswith(UNRESOLVED_REFERENCE):
+        raise _fail(notice, "webhook", "NOTIFY_WEBHOOK_SECRET is an unresolved Key Vault reference")
     body = webhook_body(notice)
     headers = {
         "Content-Type": "application/json; charset=utf-8",
@@ -272,6 +276,8 @@ def _mail_channel(
     )
     client_id = _setting(settings, "GRAPH_CLIENT_ID")
     secret = _setting(settings, "GRAPH_CLIENT_SECRET")
+    if secret.startswith(UNRESOLVED_REFERENCE):
+        raise _fail(notice, "email", "GRAPH_CLIENT_SECRET is an unresolved Key Vault reference")
     token = _graph_token(notice, authority, client_id, secret, discovery=not authority_host)
     api_url = (_setting(settings, "GRAPH_API_URL") or DEFAULT_GRAPH_API_URL).rstrip("/")
     sender = quote(_setting(settings, "GRAPH_SENDER"), safe="@")

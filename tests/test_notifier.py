@@ -323,3 +323,12 @@ def test_an_invalid_message_is_invalid_notice(bad: Any, webhook: WebhookReceiver
 
     assert webhook.received == []
     assert issubclass(InvalidNotice, ValueError)
+
+
+@pytest.mark.parametrize("name", ["NOTIFY_WEBHOOK_SECRET", "GRAPH_CLIENT_SECRET"])
+def test_an_unresolved_key_vault_reference_is_a_delivery_error(
+    name: str, settings: dict[str, str]
+) -> None:
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/x/)"
+    with pytest.raises(DeliveryError, match="unresolved Key Vault reference"):
+        deliver_notice(message(), settings | {name: reference})
