@@ -88,7 +88,7 @@ def _page_size(req: func.HttpRequest) -> int:
     raw = req.params.get("limit")
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         detail = FieldError("limit", f"Must be a whole number from 1 to {MAX_PAGE_SIZE}.")
         raise errors.validation_error([detail])
     return int(raw)

@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import os
+import urllib.request
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ResourceExistsError
@@ -16,7 +17,31 @@ STORAGE_SETTING = "AzureWebJobsStorage"
 
 # Retries that honour Retry-After (429, 503) and give up within a bounded time.
 RETRY_SETTINGS = {"retry_total": 4, "retry_backoff_factor": 0.5, "retry_backoff_max": 8}
+QUEUE_BACKOFF_SETTINGS = {"initial_backoff": 0.5, "increment_base": 1.5, "random_jitter_range": 0.5}
 TIMEOUT_SETTINGS = {"connection_timeout": 5, "read_timeout": 20}
+
+
+def _transport_options() -> dict:
+    """A connection pool as large as the sweep's concurrency: with the default (10), concurrent
+    calls beyond it open a connection (and a TLS handshake) each and then discard it."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    concurrency = os.environ.get("RENEWAL_CONCURRENCY") or "32"
+    size = max(10, (int(concurrency) if concurrency.isdigit() else 32) + 4)
+    retries = Retry(total=False, redirect=False, raise_on_status=False)  # the SDK retries
+    adapter = HTTPAdapter(pool_maxsize=size, max_retries=retries)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    # The environment is read once here rather than on every request (requests scans all of
+    # os.environ for proxies per call): its CA bundle, and its proxies if it names any.
+    session.trust_env = bool(urllib.request.getproxies())
+    verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    transport = RequestsTransport(session=session, connection_verify=verify, **TIMEOUT_SETTINGS)
+    return {"transport": transport}
 
 
 @functools.cache
@@ -48,7 +73,7 @@ def storage_connection(kind: str) -> tuple[str | None, str | None]:
 @functools.cache
 def _table_service() -> TableServiceClient:
     connection_string, endpoint = storage_connection("table")
-    options = {**RETRY_SETTINGS, **TIMEOUT_SETTINGS}
+    options = {**RETRY_SETTINGS, **TIMEOUT_SETTINGS, **_transport_options()}
     if connection_string:
         return TableServiceClient.from_connection_string(connection_string, **options)
     return TableServiceClient(endpoint, credential=credential(), **options)
@@ -67,6 +92,9 @@ def queue_client(name: str) -> QueueClient:
     options = {
         **RETRY_SETTINGS,
         **TIMEOUT_SETTINGS,
+        # The queue SDK's own retry policy ignores retry_backoff_*: without these its backoff
+        # starts at 15 s (about 80 s before a send to an unavailable queue gives up).
+        **QUEUE_BACKOFF_SETTINGS,
         "message_encode_policy": TextBase64EncodePolicy(),
         "message_decode_policy": TextBase64DecodePolicy(),
     }
@@ -84,4 +112,5 @@ def secret_client() -> SecretClient:
     vault_url = os.environ.get("KEY_VAULT_URL")
     if not vault_url:
         raise RuntimeError("Set KEY_VAULT_URL to the vault that holds the connection secrets.")
-    return SecretClient(vault_url, credential(), **RETRY_SETTINGS, **TIMEOUT_SETTINGS)
+    options = {**RETRY_SETTINGS, **TIMEOUT_SETTINGS, **_transport_options()}
+    return SecretClient(vault_url, credential(), **options)

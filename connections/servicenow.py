@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 PROBE_TABLES = ("incident", "sc_req_item", "change_request")
 DEFAULT_TOKEN_LIFETIME = 1799  # ServiceNow's default access token lifespan, when none is said
+MAX_TOKEN_LIFETIME = 366 * 24 * 3600  # a longer `expires_in` is taken as this (no overflow)
 MAX_RETRY_AFTER = 10.0
 _HEADERS = {"Accept": "application/json"}
 
@@ -194,7 +195,7 @@ def _retry_after(response: OutboundResponse) -> float:
 def _json_or_none(response: OutboundResponse) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
 
 
@@ -235,14 +236,15 @@ def _token_grant(response: OutboundResponse, rejected: str) -> TokenGrant:
     if not isinstance(token, str) or not token:
         raise Unreachable("The instance's token answer holds no access token.")
     expires_in = body.get("expires_in")
-    if not isinstance(expires_in, int | float | str) or not str(expires_in).isdigit():
+    text = str(expires_in)
+    if not isinstance(expires_in, int | float | str) or not (text.isascii() and text.isdigit()):
         log.warning(
             "token answer without a usable expires_in; assuming %s s", DEFAULT_TOKEN_LIFETIME
         )
         expires_in = DEFAULT_TOKEN_LIFETIME
     refresh_token = body.get("refresh_token")
     refresh_token = refresh_token if isinstance(refresh_token, str) and refresh_token else None
-    return TokenGrant(token, int(expires_in), refresh_token)
+    return TokenGrant(token, min(int(expires_in), MAX_TOKEN_LIFETIME), refresh_token)
 
 
 def _is_error_envelope(body: Any) -> bool:

@@ -27,6 +27,8 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A lone UTF-16 surrogate (from a JSON \ud800 escape) is not Unicode text: it cannot be encoded.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 _TOP_FIELDS = {"type", "name", "instance_url", "auth", "notify_emails"}
 _AUTH_FIELDS = {
@@ -61,15 +63,34 @@ def parse_json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
         document = json.loads(text)
     except RecursionError:
         raise errors.invalid_json("The body is nested too deeply.") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise errors.invalid_json(f"The body is not valid JSON ({exc.msg}).") from None
+    except ValueError:  # e.g. an integer of more than 4300 digits
+        raise errors.invalid_json("The body holds a number too large to read.") from None
     if not isinstance(document, dict):
         raise errors.invalid_json("The body must be a JSON object.")
+    if _holds_surrogate(document):
+        raise errors.invalid_json("The body holds an unpaired surrogate escape (\\ud800-\\udfff).")
     return document
 
 
+def _holds_surrogate(document: Any) -> bool:
+    """True when any key or string in the parsed document holds a lone surrogate."""
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            pending += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            pending += value
+    return False
+
+
 def check_tenant_id(tenant_id: str) -> str:
-    if not _TENANT_ID.match(tenant_id or ""):
+    if not _TENANT_ID.fullmatch(tenant_id or ""):
         detail = FieldError(
             "tenant_id",
             "Use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit.",
@@ -79,7 +100,7 @@ def check_tenant_id(tenant_id: str) -> str:
 
 
 def is_connection_id(connection_id: str) -> bool:
-    return bool(_CONNECTION_ID.match(connection_id or ""))
+    return bool(_CONNECTION_ID.fullmatch(connection_id or ""))
 
 
 class _Collector:
@@ -124,7 +145,7 @@ def _text(
     if _CONTROL.search(value):
         found.add(path, "Must not contain control characters.")
         return None
-    if pattern and not pattern.match(value):
+    if pattern and not pattern.fullmatch(value):
         found.add(path, hint or "Has an invalid format.")
         return None
     return value
@@ -163,7 +184,7 @@ def _notify_emails(doc: dict[str, Any], found: _Collector) -> list[str]:
         return []
     emails: list[str] = []
     for index, item in enumerate(value):
-        if not isinstance(item, str) or len(item) > 254 or not _EMAIL.match(item):
+        if not isinstance(item, str) or len(item) > 254 or not _EMAIL.fullmatch(item):
             found.add(f"notify_emails[{index}]", "Must be an e-mail address.")
         elif item.lower() not in (known.lower() for known in emails):
             emails.append(item)
@@ -185,7 +206,15 @@ def _expires_at(auth: dict[str, Any], found: _Collector) -> str | None:
     if moment.tzinfo is None:
         found.add("auth.expires_at", "Must include a time zone, e.g. 2027-03-01T00:00:00Z.")
         return None
-    return format_time(moment.astimezone(UTC))
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        found.add("auth.expires_at", "Is out of range.")
+        return None
+    if moment.year < 1970:  # long past (and a year below 1000 would not format as ISO 8601)
+        found.add("auth.expires_at", "Is in the past: give the token's real expiry.")
+        return None
+    return format_time(moment)
 
 
 def _api_token_auth(auth: dict[str, Any], found: _Collector, need_secret: bool) -> dict[str, Any]:
@@ -250,7 +279,7 @@ def _auth(doc: dict[str, Any], found: _Collector, need_secret: bool) -> tuple[di
         found.add("auth", "Must be an object.")
         return {}, {}
     method = auth.get("method")
-    if method not in _AUTH_PARSERS:
+    if not isinstance(method, str) or method not in _AUTH_PARSERS:
         found.add("auth.method", "Must be 'api_token' or 'oauth2'.")
         return {}, {}
     _unknown_fields(auth, _AUTH_FIELDS[method], "auth.", found)

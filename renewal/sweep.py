@@ -6,6 +6,7 @@ Its cost grows with what is due, not with all connections: it reads the due inde
 
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,13 +79,31 @@ def run_sweep(services: Services, settings: SweepSettings) -> Counter:
     now_text = format_time(started) or ""
     due_now = [entry for entry in entries if entry.due_at <= now_text]
     exact_later = [entry for entry in entries if entry.due_at > now_text and entry.exact]
-    results: list[Future] = []
+    counts: Counter = Counter()
+    failures: list[Exception] = []
+    lock = threading.Lock()
+    # At most twice the concurrency submitted and not finished: the sweep's memory stays the
+    # same however many are due (no future per due connection waiting in a queue).
+    slots = threading.Semaphore(2 * settings.concurrency)
+
+    def finished(future: Future) -> None:
+        try:
+            outcome = future.result()
+        except Exception as exc:  # a bug, not a storage fault: raised once all are done
+            failures.append(exc)
+            outcome = "error"
+        with lock:
+            counts[outcome] += 1
+        slots.release()
+
     with ThreadPoolExecutor(settings.concurrency, thread_name_prefix="sweep") as pool:
-        results += [pool.submit(_work_safely, services, entry) for entry in due_now]
-        for entry in exact_later:
-            _sleep_until(services, parse_time(entry.due_at) or started)
-            results.append(pool.submit(_work_safely, services, entry))
-        counts = Counter(future.result() for future in results)
+        for entry in due_now + exact_later:
+            if entry.due_at > now_text:
+                _sleep_until(services, parse_time(entry.due_at) or started)
+            slots.acquire()
+            pool.submit(_work_safely, services, entry).add_done_callback(finished)
+    if failures:
+        raise failures[0]
     log.info(
         "renewal sweep: %d due, %d exact renewals ahead; %s",
         len(due_now),

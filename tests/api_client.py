@@ -5,6 +5,7 @@ from typing import Any
 
 import requests
 
+from tests import leak_guard
 from tests.openapi_check import assert_matches_openapi
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -50,6 +51,7 @@ class Api:
             allow_redirects=False,
         )
         self.responses.append(response)
+        leak_guard.capture_response(response)
         if check:
             payload = response.json() if response.content else None
             assert_matches_openapi(

@@ -8,7 +8,8 @@ import pytest
 from localrun.azurite import Azurite, free_ports
 
 # pyproject.toml puts the project root on sys.path (pythonpath), so the app imports.
-pytest_plugins = ["tests.receiver_fixtures"]
+# tests.leak_guard scans everything the session captures for the secrets it used.
+pytest_plugins = ["tests.receiver_fixtures", "tests.leak_guard"]
 
 if TYPE_CHECKING:
     from localrun.host import LocalHost
@@ -36,8 +37,10 @@ def stack(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     import os
 
     from localrun.stack import LocalStack
+    from tests import leak_guard
 
     local = LocalStack(tmp_path_factory.mktemp("stack"), azurite=azurite).start()
+    leak_guard.watch_stack(local)
     saved = dict(os.environ)
     local.apply_process_environment()
     os.environ.update(local.settings())

@@ -1,0 +1,113 @@
+"""Runs every benchmark, prints the figures and writes them to bench/results.md.
+
+    scripts/bench                 # set-up, then this
+    .venv/bin/python -m bench     # the same, once set up
+    .venv/bin/python -m bench --quick   # smaller counts, a minute or so; results not written
+
+Each figure is a comparison made in the same run (see README, "Benchmarks").
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import coldimport, machine, report
+
+RESULTS = Path(__file__).resolve().parent / "results.md"
+
+FULL = {
+    "sweep": 2000,
+    "sample": 200,
+    "small": 500,
+    "idle": 20_000,
+    "idle_due": 200,
+    "listed": 500,
+    "calls": 300,
+    "writes": 40,
+    "imports": 15,
+}
+QUICK = {
+    "sweep": 400,
+    "sample": 40,
+    "small": 100,
+    "idle": 2000,
+    "idle_due": 20,
+    "listed": 100,
+    "calls": 60,
+    "writes": 10,
+    "imports": 3,
+}
+
+
+def _quiet_logs() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Many workers renewing against one stand-in instance overflow the outbound pool of 10
+    # connections per host: urllib3 says so on each discarded connection.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def _step(title: str) -> float:
+    print(f"... {title}", flush=True)
+    return time.perf_counter()
+
+
+def run(sizes: dict[str, int]) -> dict[str, Any]:
+    from bench.env import BenchEnv
+
+    results: dict[str, Any] = {"machine": machine.describe(), "sizes": sizes}
+    started = _step(f"cold import, {sizes['imports']} fresh interpreters each")
+    results["cold_import"] = coldimport.cold_import(sizes["imports"])
+    with BenchEnv() as env:
+        from bench import api, sweep
+        from connections.services import services
+
+        app_services = services()
+        host = api.start_host()
+        try:
+            client, timer = api.Client(host.url), api.HandlerTimer(host)
+            _step(f"API latency through the local runner ({sizes['listed']} listed)")
+            results["latency"] = api.latency(
+                env, client, timer, sizes["listed"], sizes["calls"], sizes["writes"]
+            )
+            _step("Key Vault calls per operation")
+            results["vault"] = api.vault_calls_per_operation(env, client, app_services)
+        finally:
+            host.stop()
+        _step(f"sweep throughput and memory: {sizes['sweep']} due OAuth connections")
+        results["sweep"] = sweep.throughput_and_memory(
+            env, app_services, sizes["sweep"], sizes["sample"], sizes["small"]
+        )
+        _step(f"sweep memory under tracemalloc: {sizes['small']} and {sizes['sweep']}")
+        results["heap"] = sweep.python_heap_growth(
+            env, app_services, (sizes["small"], sizes["sweep"])
+        )
+        _step(f"sweep cost: {sizes['idle']} connections, {sizes['idle_due']} due")
+        results["idle"] = sweep.cost_when_little_is_due(
+            env, app_services, sizes["idle"], sizes["idle_due"]
+        )
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts; nothing written")
+    args = parser.parse_args()
+    os.chdir(Path(__file__).resolve().parents[1])
+    _quiet_logs()
+    results = run(QUICK if args.quick else FULL)
+    text = report.render(results)
+    print()
+    print(text)
+    if not args.quick:
+        RESULTS.write_text(text)
+        print(f"written to {RESULTS.relative_to(Path.cwd())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
