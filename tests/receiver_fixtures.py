@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,21 @@ TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "66666666-7777-8888-9999-000000000000"
 CLIENT_SECRET = "graph-secret-never-logged"
 SENDER = "notices@contoso.example"
+
+
+def notice(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, Any]:
+    """A notice body as the contract describes it."""
+    return {
+        "notice_id": notice_id,
+        "event": event,
+        "tenant_id": "contoso",
+        "connection_id": "8a1f",
+        "connection_name": "Contoso ITSM",
+        "instance_url": "https://contoso.service-now.com",
+        "status": event,
+        "detail": "invalid_client from /oauth_token.do",
+        "occurred_at": "2026-11-28T10:05:00Z",
+    }
 
 
 @pytest.fixture(scope="module")

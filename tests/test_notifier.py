@@ -12,23 +12,16 @@ from localrun.server import BackgroundServer
 from localrun.standins.receivers import GraphStandIn, WebhookReceiver, sign
 from renewal import notifier
 from renewal.notifier import DeliveryError, InvalidNotice, deliver_notice
-from tests.receiver_fixtures import CLIENT_ID, CLIENT_SECRET, SENDER, TENANT, WEBHOOK_SECRET
+from tests.receiver_fixtures import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    SENDER,
+    TENANT,
+    WEBHOOK_SECRET,
+    notice,
+)
 
 ADMINS = ["it-admins@contoso.example", "ops@contoso.example"]
-
-
-def notice(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, Any]:
-    return {
-        "notice_id": notice_id,
-        "event": event,
-        "tenant_id": "contoso",
-        "connection_id": "8a1f",
-        "connection_name": "Contoso ITSM",
-        "instance_url": "https://contoso.service-now.com",
-        "status": event,
-        "detail": "invalid_client from /oauth_token.do",
-        "occurred_at": "2026-11-28T10:05:00Z",
-    }
 
 
 def message(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, Any]:

@@ -9,20 +9,16 @@ import pytest
 import requests
 
 from localrun.standins.receivers import GRAPH_SCOPE, GraphStandIn, WebhookReceiver, sign
-from tests.receiver_fixtures import CLIENT_ID, CLIENT_SECRET, SENDER, TENANT, WEBHOOK_SECRET
+from tests.receiver_fixtures import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    SENDER,
+    TENANT,
+    WEBHOOK_SECRET,
+    notice,
+)
 
 SECRET = WEBHOOK_SECRET
-
-
-def notice(notice_id: str = "n-1", event: str = "renewal_failed") -> dict[str, str]:
-    return {
-        "notice_id": notice_id,
-        "event": event,
-        "tenant_id": "contoso",
-        "connection_id": "8a1f",
-        "connection_name": "Contoso ITSM",
-        "status": event,
-    }
 
 
 def post_notice(
