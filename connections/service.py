@@ -12,7 +12,7 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 from connections import errors
-from connections.due_index import DueEntry, DueIndex, entry_for
+from connections.due_index import DueEntry, DueIndex, DueIndexBatch, entry_for
 from connections.errors import ApiError, FieldError
 from connections.lifecycle import OK, LifecycleSettings, Outcome, record_outcome
 from connections.model import (
@@ -54,7 +54,7 @@ class Services:
     secrets: SecretStore
     servicenow: ServiceNowClient
     policy: OutboundPolicy
-    due: DueIndex
+    due: DueIndex | DueIndexBatch  # the sweep batches its changes
     notices: NoticeQueue
     settings: LifecycleSettings = field(default_factory=LifecycleSettings)
     clock: Callable[[], datetime] = utc_now

@@ -2,8 +2,10 @@
 
 Its cost grows with what is due, not with all connections: it reads the due index up to now
 (plus a look-ahead for renewals that must happen at an exact moment), then each due record.
+Its changes to the due index go out in transactions of up to 100 (see `DueIndexBatch`).
 """
 
+import dataclasses
 import logging
 import os
 import threading
@@ -15,7 +17,7 @@ from datetime import datetime, timedelta
 
 from azure.core.exceptions import AzureError
 
-from connections.due_index import DueEntry
+from connections.due_index import DueEntry, DueIndexBatch
 from connections.errors import ApiError
 from connections.model import format_time, parse_time
 from connections.service import Services, current_entry
@@ -47,7 +49,10 @@ def _work_entry(services: Services, entry: DueEntry) -> str:
             raise
         services.due.remove(entry)
         return "gone"
-    if current_entry(connection) != entry:
+    current = current_entry(connection)
+    if current != entry:  # stale: make sure the record's own entry exists, then drop this one
+        if current is not None:
+            services.due.put(current)
         services.due.remove(entry)
         due = connection.next_due_at
         if due is None or due > services.clock():
@@ -74,6 +79,20 @@ def _sleep_until(services: Services, moment: datetime) -> None:
 
 def run_sweep(services: Services, settings: SweepSettings) -> Counter:
     """Works every due connection; returns how many ended in each status (or skip reason)."""
+    batch = DueIndexBatch(services.due)
+    try:
+        return _sweep(dataclasses.replace(services, due=batch), settings)
+    finally:
+        try:
+            batch.flush()
+        except AzureError:
+            log.warning(
+                "renewal sweep: %d due-index changes not written; the next sweep repairs them",
+                batch.pending,
+            )
+
+
+def _sweep(services: Services, settings: SweepSettings) -> Counter:
     started = services.clock()
     entries = services.due.due(started + settings.lookahead, settings.limit)
     now_text = format_time(started) or ""

@@ -36,7 +36,7 @@ from connections.model import parse_time
 from connections.notices import NoticeQueue
 from connections.outbound import OutboundPolicy, safe_request
 from connections.secrets import SecretStore
-from connections.service import Services
+from connections.service import Services, current_entry
 from connections.servicenow import ServiceNowClient
 from connections.store import ConnectionStore
 from localrun.azurite import Azurite, free_ports
@@ -392,16 +392,40 @@ def test_table_500_on_an_update_changes_nothing(world, monkeypatch):
     assert renamed.json()["name"] == "Renamed"
 
 
-def test_table_500_in_a_sweep_is_repaired_by_a_later_sweep(world, monkeypatch):
+def _entries_of(world: World, connection_id: str) -> list:
+    every = world.services.due.due(world.clock.now() + timedelta(days=400), 1000)
+    return [entry for entry in every if entry.connection_id == connection_id]
+
+
+def test_table_500_on_a_record_in_a_sweep_is_repaired_by_a_later_sweep(world, monkeypatch):
     created = world.create(TOKEN)
     world.clock.advance(6 * 3600 + 1)
-    monkeypatch.setattr(world.services.due._table, "upsert_entity", _server_error)
+    monkeypatch.setattr(world.services.store._table, "update_entity", _server_error)
     assert world.sweep() == {"error": 1}
     monkeypatch.undo()
     world.clock.advance(3 * 60)
     assert world.sweep() == {"connected": 1}
     record = world.record(created["id"])
     assert record.lease_owner == "" and record.next_due_at > world.clock.now() + timedelta(hours=5)
+    assert _entries_of(world, created["id"]) == [current_entry(record)]
+
+
+def test_due_index_unwritable_after_a_sweep_is_repaired_by_the_next(world, monkeypatch, caplog):
+    """The renewal is stored, but its due-index changes are not: the old (earlier) entry stays,
+    so the next sweep meets it, finds the record not due, and writes the record's own entry."""
+    created = world.create(TOKEN)
+    world.clock.advance(6 * 3600 + 1)
+    monkeypatch.setattr(world.services.due._table, "submit_transaction", _server_error)
+    assert world.sweep() == {"connected": 1}
+    assert "due-index changes not written" in caplog.text
+    monkeypatch.undo()
+    record = world.record(created["id"])
+    stale = _entries_of(world, created["id"])
+    assert len(stale) == 1 and stale[0] != current_entry(record)
+    world.clock.advance(3 * 60)
+    assert world.sweep() == {"stale": 1}
+    assert _entries_of(world, created["id"]) == [current_entry(record)]
+    assert world.record(created["id"]).etag == record.etag, "the record itself was not touched"
 
 
 def test_an_update_racing_a_renewal_is_412_and_keeps_the_token_in_use(world, monkeypatch):
