@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from connections import errors
-from connections.model import Connection, from_entity_columns, to_entity_columns
+from connections.model import Connection, format_time, from_entity_columns, to_entity_columns
 
 CONNECTION_PREFIX = "conn-"
 NAME_PREFIX = "name-"
@@ -81,6 +81,10 @@ def _transaction_error(exc: TableTransactionError) -> errors.ApiError | None:
     raise exc
 
 
+def _if_unchanged(connection: Connection, mode: UpdateMode) -> dict[str, Any]:
+    return {"mode": mode, "etag": connection.etag, "match_condition": MatchConditions.IfNotModified}
+
+
 class ConnectionStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
@@ -127,26 +131,30 @@ class ConnectionStore:
 
     def replace(self, connection: Connection, previous_name: str) -> Connection:
         """Writes the connection if its ETag still matches; moves its name entry on a rename."""
-        update = (
-            "update",
-            _entity(connection),
-            {
-                "mode": UpdateMode.REPLACE,
-                "etag": connection.etag,
-                "match_condition": MatchConditions.IfNotModified,
-            },
-        )
+        update = ("update", _entity(connection), _if_unchanged(connection, UpdateMode.REPLACE))
         if _name_key(previous_name) == _name_key(connection.name):
             return self._update(connection, update[2])
         old = {"PartitionKey": connection.tenant_id, "RowKey": _name_key(previous_name)}
         operations: list[Any] = [update, ("delete", old), ("create", _name_entity(connection))]
         return self._write(connection, operations)
 
-    def _update(self, connection: Connection, condition: dict[str, Any]) -> Connection:
+    def write_lease(self, connection: Connection) -> Connection:
+        """Writes only the lease columns (a merge), if the ETag still matches."""
+        lease = {
+            "PartitionKey": connection.tenant_id,
+            "RowKey": _row_key(connection.id),
+            "LeaseOwner": connection.lease_owner,
+            "LeaseUntil": format_time(connection.lease_until),
+        }
+        return self._update(connection, _if_unchanged(connection, UpdateMode.MERGE), lease)
+
+    def _update(
+        self, connection: Connection, condition: dict[str, Any], entity: dict | None = None
+    ) -> Connection:
         """One entity: a plain conditional update, far cheaper than a one-entity transaction
         (no multipart body to build and parse); every lease and renewal write goes here."""
         try:
-            metadata = self._table.update_entity(_entity(connection), **condition)
+            metadata = self._table.update_entity(entity or _entity(connection), **condition)
         except ResourceModifiedError:
             raise errors.precondition_failed() from None
         except ResourceNotFoundError:

@@ -45,7 +45,7 @@ def take_lease(services: Services, connection: Connection, owner: str) -> Connec
         raise Busy
     connection.lease_owner, connection.lease_until = owner, now + LEASE
     try:
-        return services.store.replace(connection, connection.name)
+        return services.store.write_lease(connection)
     except ApiError as exc:
         if exc.status == 412:
             raise Busy from None
