@@ -64,12 +64,11 @@ class DueIndex:
         with contextlib.suppress(ResourceNotFoundError):
             self._table.delete_entity(PARTITION, entry.row_key)
 
-    def apply(self, changes: list["Change"]) -> None:
+    def apply(self, changes: list[Change]) -> None:
         """Writes the changes in one transaction (each row key at most once). If the transaction
         is refused (an entry to remove is already gone), writes them one by one, in order."""
         operations: list[Any] = [
-            ("upsert", _entity(entry)) if action == "put" else ("delete", _entity(entry))
-            for action, entry in changes
+            ("upsert" if action == "put" else "delete", _entity(entry)) for action, entry in changes
         ]
         try:
             self._table.submit_transaction(operations)
