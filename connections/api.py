@@ -80,7 +80,7 @@ def _connection_id(req: func.HttpRequest) -> str:
     return connection_id
 
 
-def _connection_url(req: func.HttpRequest, connection: Connection) -> str:
+def _connection_url(connection: Connection) -> str:
     return f"/api/tenants/{connection.tenant_id}/connections/{connection.id}"
 
 
@@ -121,7 +121,7 @@ def create_connection(req: func.HttpRequest) -> func.HttpResponse:
     tenant_id = _tenant(req)
     body = parse_json_body(req.get_body(), req.headers.get("Content-Type"))
     connection = _service().create_connection(_services(), tenant_id, body)
-    return _connection_response(connection, 201, Location=_connection_url(req, connection))
+    return _connection_response(connection, 201, Location=_connection_url(connection))
 
 
 @bp.function_name("list_connections")

@@ -29,6 +29,8 @@ def _transport_options() -> dict:
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
+    from connections.outbound import ca_bundle
+
     concurrency = os.environ.get("RENEWAL_CONCURRENCY") or "32"
     size = max(10, (int(concurrency) if concurrency.isdigit() else 32) + 4)
     retries = Retry(total=False, redirect=False, raise_on_status=False)  # the SDK retries
@@ -39,8 +41,9 @@ def _transport_options() -> dict:
     # The environment is read once here rather than on every request (requests scans all of
     # os.environ for proxies per call): its CA bundle, and its proxies if it names any.
     session.trust_env = bool(urllib.request.getproxies())
-    verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    transport = RequestsTransport(session=session, connection_verify=verify, **TIMEOUT_SETTINGS)
+    transport = RequestsTransport(
+        session=session, connection_verify=ca_bundle(), **TIMEOUT_SETTINGS
+    )
     return {"transport": transport}
 
 

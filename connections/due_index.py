@@ -49,7 +49,7 @@ def entry_for(tenant_id: str, connection_id: str, due_at: datetime, exact: bool)
 Change = tuple[Literal["put", "remove"], DueEntry]
 
 
-def _entity(entry: DueEntry) -> dict[str, Any]:
+def to_entity(entry: DueEntry) -> dict[str, Any]:
     return {"PartitionKey": PARTITION, "RowKey": entry.row_key, "Exact": entry.exact}
 
 
@@ -58,7 +58,7 @@ class DueIndex:
         self._table = table
 
     def put(self, entry: DueEntry) -> None:
-        self._table.upsert_entity(_entity(entry))
+        self._table.upsert_entity(to_entity(entry))
 
     def remove(self, entry: DueEntry) -> None:
         with contextlib.suppress(ResourceNotFoundError):
@@ -68,7 +68,8 @@ class DueIndex:
         """Writes the changes in one transaction (each row key at most once). If the transaction
         is refused (an entry to remove is already gone), writes them one by one, in order."""
         operations: list[Any] = [
-            ("upsert" if action == "put" else "delete", _entity(entry)) for action, entry in changes
+            ("upsert" if action == "put" else "delete", to_entity(entry))
+            for action, entry in changes
         ]
         try:
             self._table.submit_transaction(operations)

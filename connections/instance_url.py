@@ -70,10 +70,6 @@ class Origin:
     port: int | None = None
 
     @property
-    def is_loopback(self) -> bool:
-        return self.host in LOOPBACK_HOSTS
-
-    @property
     def is_ip_literal(self) -> bool:
         return self.host in ("127.0.0.1", "::1")
 

@@ -29,6 +29,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from connections.instance_url import (
+    LOOPBACK_HOSTS,
     InvalidInstanceUrl,
     Origin,
     OutboundPolicy,
@@ -170,7 +171,7 @@ _install_log_redaction()
 def check_address(ip: str | IPAddress, policy: OutboundPolicy, host: str) -> IPAddress:
     """Returns the address when the policy lets `host` connect to it; raises OutboundBlocked."""
     address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-    local = policy.allow_local and host in ("localhost", "127.0.0.1", "::1")
+    local = policy.allow_local and host in LOOPBACK_HOSTS
     if local and _embedded(address).is_loopback:
         return address
     problem = address_problem(address)
@@ -280,7 +281,8 @@ def _shared() -> tuple[requests.Session, _PinnedAdapter]:
         return _shared_session, _shared_adapter
 
 
-def _verify() -> bool | str:
+def ca_bundle() -> bool | str:
+    """What `verify` should be: the CA bundle the environment names, else the system's."""
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
 
@@ -349,7 +351,7 @@ def send_to_address(
     deadline = time.monotonic() + sum(timeout)
     try:
         response = adapter.send(
-            prepared, stream=True, timeout=timeout, verify=_verify(), proxies={}
+            prepared, stream=True, timeout=timeout, verify=ca_bundle(), proxies={}
         )
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         raise _failure(exc, origin.host) from None

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connections.outbound import (
-    OutboundBlocked,
     OutboundError,
     OutboundPolicy,
     OutboundResponse,
@@ -105,9 +104,7 @@ class ServiceNowClient:
     def _send_once(self, method: str, url: str, **kwargs: Any) -> OutboundResponse:
         try:
             return safe_request(method, url, policy=self._policy, **kwargs)
-        except OutboundBlocked as exc:
-            raise Unreachable(exc.message) from None
-        except OutboundError as exc:
+        except OutboundError as exc:  # OutboundBlocked included
             raise Unreachable(exc.message) from None
 
     # -- OAuth ----------------------------------------------------------------------------

@@ -131,9 +131,10 @@ class ConnectionStore:
 
     def replace(self, connection: Connection, previous_name: str) -> Connection:
         """Writes the connection if its ETag still matches; moves its name entry on a rename."""
-        update = ("update", _entity(connection), _if_unchanged(connection, UpdateMode.REPLACE))
+        condition = _if_unchanged(connection, UpdateMode.REPLACE)
         if _name_key(previous_name) == _name_key(connection.name):
-            return self._update(connection, update[2])
+            return self._update(connection, condition)
+        update = ("update", _entity(connection), condition)
         old = {"PartitionKey": connection.tenant_id, "RowKey": _name_key(previous_name)}
         operations: list[Any] = [update, ("delete", old), ("create", _name_entity(connection))]
         return self._write(connection, operations)

@@ -35,9 +35,13 @@ class SweepSettings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> "SweepSettings":
         return cls(
-            concurrency=max(1, int(environ.get("RENEWAL_CONCURRENCY") or 32)),
-            limit=max(1, int(environ.get("RENEWAL_BATCH_LIMIT") or 5000)),
-            lookahead=timedelta(seconds=int(environ.get("RENEWAL_LOOKAHEAD_SECONDS") or 240)),
+            concurrency=max(1, int(environ.get("RENEWAL_CONCURRENCY") or cls.concurrency)),
+            limit=max(1, int(environ.get("RENEWAL_BATCH_LIMIT") or cls.limit)),
+            lookahead=timedelta(
+                seconds=int(
+                    environ.get("RENEWAL_LOOKAHEAD_SECONDS") or int(cls.lookahead.total_seconds())
+                )
+            ),
         )
 
 

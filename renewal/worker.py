@@ -141,15 +141,13 @@ def _release_after_fault(services: Services, connection: Connection, previous) -
         log.warning("connection %s: lease left to expire after a storage fault", connection.id)
 
 
-def work(
-    services: Services, connection: Connection, owner: str | None = None, *, probe: bool = True
-) -> Connection:
+def work(services: Services, connection: Connection, *, probe: bool = True) -> Connection:
     """Renews or checks the connection now; raises Busy if another worker holds it.
 
     With `probe`, a renewed OAuth token is also tried on the Table API (which refreshes the
     capabilities); the sweep's scheduled renewals skip that, an API check does it."""
     previous = current_entry(connection)
-    connection = take_lease(services, connection, owner or uuid.uuid4().hex)
+    connection = take_lease(services, connection, uuid.uuid4().hex)
     flush_notices(services, connection)
     try:
         outcome, expires_in = _attempt(services, connection, probe)
