@@ -14,12 +14,12 @@ from typing import Any
 
 from bench.env import CLIENT_ID, CLIENT_SECRET
 from connections.clients import DUE_TABLE, table_client
-from connections.due_index import PARTITION, entry_for
+from connections.due_index import TRANSACTION_LIMIT, entry_for, to_entity
 from connections.model import Connection, format_time
 from connections.service import Services
 from connections.store import _entity, _name_entity
 
-BATCH = 100  # the most operations one entity-group transaction may hold
+BATCH = TRANSACTION_LIMIT
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -98,8 +98,7 @@ def write_due_entries(connections: list[Connection]) -> None:
     for connection in connections:
         assert connection.next_due_at is not None
         entry = entry_for(connection.tenant_id, connection.id, connection.next_due_at, False)
-        entity = {"PartitionKey": PARTITION, "RowKey": entry.row_key, "Exact": False}
-        operations.append(("upsert", entity))
+        operations.append(("upsert", to_entity(entry)))
     _submit_all(table_client(DUE_TABLE), list(_chunks(operations, BATCH)))
 
 
@@ -109,12 +108,9 @@ def seed(
     per_tenant: int,
     instance_url: str,
     due_at: datetime,
-    *,
-    secrets: bool = True,
 ) -> list[Connection]:
     connections = make_connections(tenants, per_tenant, instance_url, due_at)
-    if secrets:
-        write_secrets(services, connections)
+    write_secrets(services, connections)
     write_records(connections)
     write_due_entries(connections)
     return connections
