@@ -1,14 +1,11 @@
 """A small client for the app under test: every response is checked against the OpenAPI document."""
 
-import re
 from typing import Any
 
 import requests
 
 from tests import leak_guard
 from tests.openapi_check import assert_matches_openapi
-
-_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _template(path: str) -> str:
