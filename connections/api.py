@@ -41,10 +41,13 @@ def api_errors(handler: Handler) -> Handler:
             if not isinstance(exc, AzureError):
                 raise
             log.warning("storage or vault unavailable: %s", type(exc).__name__)
+            unavailable = errors.service_unavailable(
+                "Storage or Key Vault is unavailable; nothing was changed. Try again shortly."
+            )
             return error_response(
-                503,
-                "service_unavailable",
-                "Storage or Key Vault is unavailable; nothing was changed. Try again shortly.",
+                unavailable.status,
+                unavailable.code,
+                unavailable.message,
                 headers={"Retry-After": "5"},
             )
 

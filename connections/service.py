@@ -125,8 +125,22 @@ def save(
     *,
     create: bool = False,
 ) -> Connection:
-    """Writes the record with its due-index entry (new entry first, old one after), then sends
-    the notices the record holds."""
+    """Writes the record with its due-index entry, then sends the notices the record holds."""
+    _write_record(services, connection, previous_entry, previous_name, create=create)
+    if not flush_notices(services, connection):
+        _come_back_for_notices(services, connection)
+    return connection
+
+
+def _write_record(
+    services: Services,
+    connection: Connection,
+    previous_entry: DueEntry | None,
+    previous_name: str | None = None,
+    *,
+    create: bool = False,
+) -> None:
+    """The record and its due-index entry: the new entry first, the old one after."""
     entry = current_entry(connection)
     if entry is not None and entry != previous_entry:
         services.due.put(entry)
@@ -136,9 +150,6 @@ def save(
         services.store.replace(connection, previous_name or connection.name)
     if previous_entry is not None and previous_entry != entry:
         services.due.remove(previous_entry)
-    if not flush_notices(services, connection):
-        _come_back_for_notices(services, connection)
-    return connection
 
 
 def _come_back_for_notices(services: Services, connection: Connection) -> None:
@@ -146,13 +157,8 @@ def _come_back_for_notices(services: Services, connection: Connection) -> None:
     previous = current_entry(connection)
     connection.next_due_at = services.clock() + NOTICE_RETRY
     connection.due_exact = False
-    entry = current_entry(connection)
     try:
-        if entry is not None:
-            services.due.put(entry)
-        services.store.replace(connection, connection.name)
-        if previous is not None and previous != entry:
-            services.due.remove(previous)
+        _write_record(services, connection, previous)
     except (ApiError, AzureError):
         log.warning("connection %s: notices kept in the record until its next visit", connection.id)
 

@@ -263,7 +263,7 @@ class LocalHost:
         return _to_response(function.name, result)
 
     def _authorized(self, auth_level: str, request: Request) -> bool:
-        key = request.headers.get(KEY_HEADER) or request.args.get(KEY_QUERY)
+        key = _presented_key(request)
         if auth_level == "anonymous":
             return True
         if auth_level == "admin":
@@ -273,7 +273,7 @@ class LocalHost:
     # -- admin API -----------------------------------------------------------------------------
 
     def _admin(self, request: Request, segments: list[str]) -> Response:
-        key = request.headers.get(KEY_HEADER) or request.args.get(KEY_QUERY)
+        key = _presented_key(request)
         if not self.keys.is_master(key):
             return Response(status=401)
         if len(segments) != 2 or segments[0].lower() != "functions":
@@ -298,6 +298,10 @@ class LocalHost:
         thread = threading.Thread(target=runner, args=(text,), name=f"admin-{name}", daemon=True)
         self._admin_threads.append(thread)
         thread.start()
+
+
+def _presented_key(request: Request) -> str | None:
+    return request.headers.get(KEY_HEADER) or request.args.get(KEY_QUERY)
 
 
 def indexed_functions(app: FunctionRegister) -> list[func.Function]:

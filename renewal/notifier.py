@@ -235,7 +235,7 @@ def _msal_app(
     authority: str, client_id: str, secret: str, discovery: bool
 ) -> msal.ConfidentialClientApplication:
     """One app per process and registration, so MSAL's token cache outlives an invocation."""
-    key = (authority, client_id, hashlib.sha256(secret.encode("utf-8")).hexdigest())
+    key = _app_key(authority, client_id, secret)
     with _apps_lock:
         app = _apps.get(key)
         if app is None:
@@ -252,9 +252,13 @@ def _msal_app(
 
 
 def _forget_msal_app(authority: str, client_id: str, secret: str) -> None:
-    key = (authority, client_id, hashlib.sha256(secret.encode("utf-8")).hexdigest())
     with _apps_lock:
-        _apps.pop(key, None)
+        _apps.pop(_app_key(authority, client_id, secret), None)
+
+
+def _app_key(authority: str, client_id: str, secret: str) -> tuple[str, str, str]:
+    """The secret itself is never kept as a key: a digest of it tells rotations apart."""
+    return authority, client_id, hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def _mail_channel(
