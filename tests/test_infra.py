@@ -441,7 +441,8 @@ def test_no_setting_or_output_holds_a_key_or_secret(templates):
                 assert resource["type"] == "Microsoft.KeyVault/vaults/secrets", (name, path)
                 assert path == "properties.value", f"{name}: {resource_name}.{path}"
         for module_name, module in (template.get("modules") or {}).items():
-            target = parse_bicep((INFRA / name).parent / module["detail"]["path"])
+            target_path = ((INFRA / name).parent / module["detail"]["path"]).resolve()
+            target = templates[target_path.relative_to(INFRA.resolve()).as_posix()]
             for param, value in (resource_config(module).get("params") or {}).items():
                 if references(value) & tainted:
                     assert is_secure(target["parameters"][param]), f"{name}: {module_name}.{param}"

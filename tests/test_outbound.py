@@ -32,6 +32,7 @@ from connections.outbound import (
     safe_request,
     send_to_address,
 )
+from localrun.azurite import free_ports
 from localrun.server import BackgroundServer
 from localrun.tls import ca_bundle, server_context
 
@@ -475,13 +476,8 @@ def server(shared_app: StandIn) -> Iterator[BackgroundServer]:
 
 
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory):
-    return tmp_path_factory.mktemp("tls")
-
-
-@pytest.fixture(scope="module")
-def tls_server(shared_app: StandIn, certificates) -> Iterator[BackgroundServer]:
-    context = server_context(certificates)
+def tls_server(shared_app: StandIn, cert_folder) -> Iterator[BackgroundServer]:
+    context = server_context(cert_folder)
     with BackgroundServer(shared_app, ssl_context=context, name="outbound-tls") as running:
         yield running
 
@@ -493,12 +489,6 @@ def ipv6_loopback_works() -> bool:
         return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def secrets_absent(error: BaseException) -> None:
@@ -553,9 +543,9 @@ def test_connects_to_the_checked_address_not_the_name(
 
 
 def test_tls_verifies_the_name_not_the_address(
-    tls_server: BackgroundServer, certificates, monkeypatch: pytest.MonkeyPatch
+    tls_server: BackgroundServer, cert_folder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_bundle(certificates)))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_bundle(cert_folder)))
     good = send_to_address("GET", f"https://localhost:{tls_server.port}/", "127.0.0.1")
     assert good.status_code == 200
     # The certificate also names 127.0.0.1: only checking the name can fail here.
@@ -612,7 +602,7 @@ def test_timeout(server: BackgroundServer, stand_in: StandIn) -> None:
 
 
 def test_connection_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"http://127.0.0.1:{free_port()}/api?token={SECRET}"
+    url = f"http://127.0.0.1:{free_ports(1)[0]}/api?token={SECRET}"
     with pytest.raises(OutboundError) as caught:
         safe_request("GET", url, policy=LOCAL, headers={"X-Key": SECRET}, timeout=QUICK)
     assert caught.value.kind == "connection"

@@ -42,29 +42,24 @@ API = "api-version=7.5"
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("certs")
-
-
-@pytest.fixture(scope="module")
 def identity() -> Iterator[IdentityStandIn]:
     with IdentityStandIn() as stand_in:
         yield stand_in
 
 
 @pytest.fixture(scope="module")
-def vault(certs: Path, identity: IdentityStandIn) -> Iterator[KeyVaultStandIn]:
-    with KeyVaultStandIn(certs, identity.issuer) as stand_in:
+def vault(cert_folder: Path, identity: IdentityStandIn) -> Iterator[KeyVaultStandIn]:
+    with KeyVaultStandIn(cert_folder, identity.issuer) as stand_in:
         yield stand_in
 
 
 @pytest.fixture
-def bundle(certs: Path, identity: IdentityStandIn, monkeypatch: pytest.MonkeyPatch) -> str:
+def bundle(cert_folder: Path, identity: IdentityStandIn, monkeypatch: pytest.MonkeyPatch) -> str:
     for name in _OTHER_CREDENTIAL_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     for name, value in identity.environment().items():
         monkeypatch.setenv(name, value)
-    path = str(ca_bundle(certs))
+    path = str(ca_bundle(cert_folder))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", path)
     return path
 
