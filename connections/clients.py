@@ -29,7 +29,7 @@ def _transport_options() -> dict:
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
-    from connections.outbound import ca_bundle
+    from servicenow.outbound import ca_bundle
 
     concurrency = os.environ.get("RENEWAL_CONCURRENCY") or "32"
     size = max(10, (int(concurrency) if concurrency.isdigit() else 32) + 4)

@@ -26,9 +26,10 @@ from connections.model import (
     parse_time,
 )
 from connections.notices import NoticeQueue
-from connections.outbound import OutboundPolicy
 from connections.secrets import SecretStore
-from connections.servicenow import (
+from connections.store import ConnectionStore
+from connections.validation import ConnectionInput, validate_create, validate_patch
+from servicenow.client import (
     ApiTokenCredentials,
     Proof,
     Rejected,
@@ -36,8 +37,7 @@ from connections.servicenow import (
     TokenGrant,
     Unreachable,
 )
-from connections.store import ConnectionStore
-from connections.validation import ConnectionInput, validate_create, validate_patch
+from servicenow.outbound import OutboundPolicy
 
 log = logging.getLogger(__name__)
 

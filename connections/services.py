@@ -7,11 +7,11 @@ from connections.clients import DUE_TABLE, queue_client, secret_client, table_cl
 from connections.due_index import DueIndex
 from connections.lifecycle import LifecycleSettings
 from connections.notices import NOTICES_QUEUE, NoticeQueue
-from connections.outbound import OutboundPolicy
 from connections.secrets import SecretStore
 from connections.service import Services
-from connections.servicenow import ServiceNowClient
 from connections.store import ConnectionStore
+from servicenow.client import ServiceNowClient
+from servicenow.outbound import OutboundPolicy
 
 
 @functools.cache

@@ -10,8 +10,8 @@ from typing import Any
 from connections import errors
 from connections.catalogue import DEFAULT_PARAMETER_NAME, MAX_NOTIFY_EMAILS, PARAMETER_TYPES
 from connections.errors import FieldError
-from connections.instance_url import InvalidInstanceUrl, OutboundPolicy, normalise_instance_url
 from connections.model import API_TOKEN, OAUTH2, format_time
+from servicenow.instance_url import InvalidInstanceUrl, OutboundPolicy, normalise_instance_url
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_NAME_LENGTH = 100

@@ -16,7 +16,7 @@ from connections.errors import ApiError
 from connections.lifecycle import OK, REJECTED, TRANSIENT, Outcome, record_outcome
 from connections.model import API_TOKEN, Connection, format_time
 from connections.service import Services, current_entry, flush_notices, save
-from connections.servicenow import ApiTokenCredentials, Rejected, TokenGrant, Unreachable
+from servicenow.client import ApiTokenCredentials, Rejected, TokenGrant, Unreachable
 
 log = logging.getLogger(__name__)
 

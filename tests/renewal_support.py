@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 from connections import services as services_module
-from connections.servicenow import ServiceNowClient
+from servicenow.client import ServiceNowClient
 
 
 class DrivenClock:

@@ -10,8 +10,8 @@ from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError
 
 from connections import services as services_module
 from connections.secrets import secret_name
-from connections.servicenow import ServiceNowClient
 from localrun.standins.keyvault import VaultError
+from servicenow.client import ServiceNowClient
 from tests.api_client import Api
 
 CLIENT_ID = "automate365-test"

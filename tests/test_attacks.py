@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from connections import services as services_module
-from connections.servicenow import ServiceNowClient
+from servicenow.client import ServiceNowClient
 from tests import leak_guard
 from tests.api_client import Api
 

@@ -28,20 +28,21 @@ from azure.data.tables import TableServiceClient
 from azure.keyvault.secrets import SecretClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
-from connections import clients, servicenow
+from connections import clients
 from connections import services as services_module
 from connections.due_index import DueIndex
 from connections.lifecycle import LifecycleSettings
 from connections.model import parse_time
 from connections.notices import NoticeQueue
-from connections.outbound import OutboundPolicy, safe_request
 from connections.secrets import SecretStore
 from connections.service import Services, current_entry
-from connections.servicenow import ServiceNowClient
 from connections.store import ConnectionStore
 from localrun.azurite import Azurite, free_ports
 from renewal.sweep import SweepSettings, run_sweep
 from renewal.worker import take_lease
+from servicenow import client as servicenow
+from servicenow.client import ServiceNowClient
+from servicenow.outbound import OutboundPolicy, safe_request
 from tests import leak_guard
 from tests.api_client import Api
 from tests.net_support import Reply, RogueInstance, chunked_reply, http_reply

@@ -35,7 +35,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from connections import services as services_module
 from connections.openapi import openapi_document
-from connections.servicenow import ServiceNowClient
+from servicenow.client import ServiceNowClient
 from tests import leak_guard
 from tests.net_support import FakeDns
 

@@ -17,9 +17,9 @@ import pytest
 
 from connections import services as services_module
 from connections.errors import ApiError
-from connections.instance_url import OutboundPolicy
-from connections.servicenow import ServiceNowClient
 from connections.validation import validate_create
+from servicenow.client import ServiceNowClient
+from servicenow.instance_url import OutboundPolicy
 from tests import leak_guard
 from tests.api_client import Api
 from tests.net_support import FakeDns, RogueInstance

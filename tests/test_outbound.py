@@ -18,8 +18,11 @@ import requests
 import responses
 from werkzeug.wrappers import Request, Response
 
-from connections.instance_url import Origin
-from connections.outbound import (
+from localrun.azurite import free_ports
+from localrun.server import BackgroundServer
+from localrun.tls import ca_bundle, server_context
+from servicenow.instance_url import Origin
+from servicenow.outbound import (
     InvalidInstanceUrl,
     OutboundBlocked,
     OutboundError,
@@ -32,9 +35,6 @@ from connections.outbound import (
     safe_request,
     send_to_address,
 )
-from localrun.azurite import free_ports
-from localrun.server import BackgroundServer
-from localrun.tls import ca_bundle, server_context
 
 STRICT = OutboundPolicy()
 LOCAL = OutboundPolicy(allow_local=True)

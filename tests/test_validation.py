@@ -3,7 +3,6 @@ import json
 import pytest
 
 from connections.errors import ApiError
-from connections.outbound import OutboundPolicy
 from connections.validation import (
     MAX_BODY_BYTES,
     check_tenant_id,
@@ -12,6 +11,7 @@ from connections.validation import (
     validate_create,
     validate_patch,
 )
+from servicenow.outbound import OutboundPolicy
 
 POLICY = OutboundPolicy()
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from connections.outbound import (
+from servicenow.outbound import (
     OutboundError,
     OutboundPolicy,
     OutboundResponse,

@@ -28,7 +28,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from connections.instance_url import (
+from servicenow.instance_url import (
     LOOPBACK_HOSTS,
     InvalidInstanceUrl,
     Origin,

@@ -1,0 +1,1 @@
+"""Talking to ServiceNow instances: the client, instance URLs and safe outbound HTTP."""
