@@ -345,14 +345,24 @@ def test_denied_table_is_forbidden_for_that_credential_only(sn, state):
     assert read(sn, "change_request", headers={"x-sn-apikey": API_KEY}).status_code == 200
 
 
-def test_unknown_table_is_not_found_until_added(sn, state):
+def test_unknown_table_is_invalid_until_added(sn, state):
     state.add_api_key(API_KEY)
     key = {"x-sn-apikey": API_KEY}
     missing = read(sn, "u_custom", headers=key)
-    assert missing.status_code == 404
-    assert missing.json()["error"]["message"] == "No Record found"
-    assert missing.json()["status"] == "failure"
-    for table in ("incident", "sc_req_item", "change_request", "sys_user"):
+    assert missing.status_code == 400  # as an instance answers: not 404
+    assert missing.json() == {
+        "error": {"message": "Invalid table u_custom", "detail": None},
+        "status": "failure",
+    }
+    for table in (
+        "incident",
+        "sc_req_item",
+        "sc_request",
+        "change_request",
+        "sc_task",
+        "problem",
+        "sys_user",
+    ):
         assert read(sn, table, headers=key).status_code == 200
     state.add_table("u_custom", [{"sys_id": "1" * 32}])
     assert read(sn, "u_custom", headers=key).json() == {"result": [{"sys_id": "1" * 32}]}

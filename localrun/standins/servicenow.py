@@ -2,14 +2,18 @@
 
 It speaks the instance's wire formats so the production client runs unchanged against it, and a
 control API under `/_control/` (and the same operations as methods of `ServiceNowState`) lets
-tests and the demo add or revoke OAuth clients and API keys, inject latency and failures, and
-read what was called. Time comes from an injectable clock so tests can expire tokens at will.
-Nothing here ever logs or records a secret, a token or a query string.
+tests and the demo add or revoke OAuth clients and API keys, inject latency and failures, create
+and change records (late commits included), and read what was called. Time comes from an
+injectable clock so tests can expire tokens at will. This module holds the HTTP routing, auth,
+ACLs, rate limits and the control API; the records are in `servicenow_tables`, the Table API's
+answers in `servicenow_table_api`, encoded queries in `encoded_query` and the request log in
+`servicenow_requests`. Nothing here ever logs a secret, a token or a query string, and the
+request log masks every credential the instance knows.
 """
 
-import hashlib
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -17,12 +21,25 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from localrun.server import BackgroundServer, json_reply
+from localrun.standins import servicenow_table_api as table_api
+from localrun.standins.servicenow_requests import RequestLog
+from localrun.standins.servicenow_table_api import TableAnswer, TableRequest, error_envelope
+from localrun.standins.servicenow_tables import (
+    SYSTEM_USER,
+    StoredRecord,
+    Table,
+    Tables,
+    Write,
+    stored_time,
+    sys_id_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +47,19 @@ CLIENT_CREDENTIALS_PROPERTY = "glide.oauth.inbound.client.credential.grant_type.
 DEFAULT_ACCESS_TOKEN_LIFETIME = 1799
 DEFAULT_REFRESH_TOKEN_LIFETIME = 8_640_000  # 100 days, the instance default
 DEFAULT_API_KEY_PARAMETER = "x-sn-apikey"
-DEFAULT_TABLES = ("incident", "sc_req_item", "change_request", "sys_user")
-DEFAULT_LIMIT = 10_000
-RECORDS_PER_TABLE = 3
 SCOPES = ("all", "token", "table")
 FAILURE_MODES = ("status", "hibernate", "garbage", "redirect")
 PARAMETER_TYPES = ("header", "query")
 MAX_LOGGED_CALLS = 1000
 TOKEN_PATH = "/oauth_token.do"
+RECORDS = "/_control/tables/<table>/records"
+TABLE_PATHS = ("/api/now/table", "/api/now/<any(v1, v2):version>/table")
+ACCESS = {"GET": "read", "HEAD": "read", "POST": "create", "PUT": "write", "PATCH": "write"}
+RATE_LIMIT_RULE = sys_id_for("sys_rate_limit_rules", 0)  # the rule a 429 names
+INJECTED_RATE_LIMIT = 100  # the limit an injected 429 states when no rate limit is set
+API_KEY_SETTINGS = frozenset(
+    {"value", "parameter_name", "parameter_type", "denied_tables", "expires_at", "active"}
+)
 UNKNOWN_CLIENT = "<unknown>"
 
 HIBERNATION_PAGE = """<!DOCTYPE html>
@@ -84,6 +106,16 @@ class ApiKey:
     expires_at: float | None = None
     active: bool = True
 
+    def public_view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "parameter_name": self.parameter_name,
+            "parameter_type": self.parameter_type,
+            "denied_tables": sorted(self.denied_tables),
+            "expires_at": self.expires_at,
+            "active": self.active,
+        }
+
 
 @dataclass
 class _Token:
@@ -121,21 +153,24 @@ def _in_scope(scope: str, path: str) -> bool:
     return scope in ("all", _scope_of(path))
 
 
-def _sample_records(table: str) -> list[dict[str, str]]:
-    prefix = {"incident": "INC", "sc_req_item": "RITM", "change_request": "CHG"}.get(
-        table, table[:3].upper()
-    )
-    records = []
-    for index in range(RECORDS_PER_TABLE):
-        sys_id = hashlib.sha256(f"{table}:{index}".encode()).hexdigest()[:32]
-        records.append(
-            {
-                "sys_id": sys_id,
-                "number": f"{prefix}{1_000_001 + index:07d}",
-                "short_description": f"Sample {table} record {index + 1}",
-            }
-        )
-    return records
+def _rate_headers(limit: int, reset_at: float) -> dict[str, str]:
+    """What an instance's rate limit rule adds to the answers it counts."""
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Reset": str(math.ceil(reset_at)),
+        "X-RateLimit-Rule": RATE_LIMIT_RULE,
+    }
+
+
+def _per(window: float) -> str:
+    return "hour" if window == 3600 else f"{int(window)} seconds"
+
+
+def _commit_at(visible: bool, visible_after: float | None) -> float | None:
+    """When a control write becomes visible: at once, at a stand-in time, or when told."""
+    if visible_after is not None:
+        return float(visible_after)
+    return None if visible else math.inf
 
 
 class ServiceNowState:
@@ -152,19 +187,21 @@ class ServiceNowState:
         with self._lock:
             self._clock_offset = 0.0
             self._clients: dict[str, OAuthClient] = {}
+            self._retired: dict[str, str] = {}  # credentials no longer valid -> their owner
             self._api_keys: dict[str, ApiKey] = {}
             self._access_tokens: dict[str, _Token] = {}
             self._refresh_tokens: dict[str, _Token] = {}
-            self._tables = {name: _sample_records(name) for name in DEFAULT_TABLES}
+            self._tables = Tables(self.now())
             self._properties: dict[str, Any] = {CLIENT_CREDENTIALS_PROPERTY: True}
             self._latency = {"all": 0.0, "token": 0.0, "table": 0.0}
             self._failures: list[_Failure] = []
-            self._rate_limit: tuple[int, float, int] | None = None
+            self._rate_limit: tuple[int, float, int | None] | None = None
             self._rate_windows: dict[str, _RateWindow] = {}
             self._token_exchanges: dict[str, dict[str, int]] = {}
             self._token_rejections: dict[str, dict[str, int]] = {}
             self._table_calls: dict[str, int] = {}
             self._calls: deque[dict[str, Any]] = deque(maxlen=MAX_LOGGED_CALLS)
+            self._requests = RequestLog()
 
     def now(self) -> float:
         with self._lock:
@@ -198,6 +235,8 @@ class ServiceNowState:
             denied_tables=set(denied_tables),
         )
         with self._lock:
+            if client.client_id in self._clients:
+                self._retire(self._clients[client.client_id].client_secret, client.client_id)
             self._clients[client.client_id] = client
 
     def update_client(self, client_id: str, **changes: Any) -> dict[str, Any]:
@@ -209,6 +248,8 @@ class ServiceNowState:
                     raise ValueError(f"unknown client setting: {name}")
                 if name == "denied_tables":
                     value = set(value)
+                if name == "client_secret":
+                    self._retire(client.client_secret, client_id)
                 setattr(client, name, value)
             if not client.active:
                 self._drop_tokens(client_id)
@@ -258,6 +299,8 @@ class ServiceNowState:
             raise ValueError(f"parameter_type must be one of {PARAMETER_TYPES}")
         with self._lock:
             key_name = name or f"api-key-{len(self._api_keys) + 1}"
+            if key_name in self._api_keys:
+                self._retire(self._api_keys[key_name].value, key_name)
             self._api_keys[key_name] = ApiKey(
                 name=key_name,
                 value=str(value),
@@ -276,9 +319,42 @@ class ServiceNowState:
         with self._lock:
             self._api_keys[name].active = True
 
-    def add_table(self, name: str, records: list[dict[str, Any]] | None = None) -> None:
+    def update_api_key(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Changes any of the key's settings (the add_api_key keywords, `value` or `active`);
+        `denied_tables` changes which tables answer 403 from the next call on."""
         with self._lock:
-            self._tables[name] = list(records) if records is not None else _sample_records(name)
+            key = self._api_keys[name]
+            for setting, value in changes.items():
+                if setting not in API_KEY_SETTINGS:
+                    raise ValueError(f"unknown API key setting: {setting}")
+                if setting == "parameter_type" and value not in PARAMETER_TYPES:
+                    raise ValueError(f"parameter_type must be one of {PARAMETER_TYPES}")
+                if setting == "denied_tables":
+                    value = set(value)
+                if setting == "value":
+                    self._retire(key.value, name)
+                setattr(key, setting, value)
+            return key.public_view()
+
+    def api_key(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            return self._api_keys[name].public_view()
+
+    def revoke_access_tokens(self, client_id: str, refresh_tokens: bool = False) -> dict[str, int]:
+        """Invalidates the client's current access tokens (and refresh tokens, if asked) while
+        the client stays active: the next call with an old token is 401, a new grant works."""
+        with self._lock:
+            if client_id not in self._clients:
+                raise KeyError(client_id)
+            revoked = {"access_tokens": self._drop(self._access_tokens, client_id)}
+            if refresh_tokens:
+                revoked["refresh_tokens"] = self._drop(self._refresh_tokens, client_id)
+            return revoked
+
+    def add_table(self, name: str, records: list[dict[str, Any]] | None = None) -> None:
+        """A table holding the given records as they are (default: a few sample records)."""
+        with self._lock:
+            self._tables.add_table(name, records, self.now())
 
     def set_latency(self, seconds: float, scope: str = "all") -> None:
         """Seconds added to every call in scope: "all", "token" or "table"."""
@@ -297,9 +373,11 @@ class ServiceNowState:
         location: str | None = None,
         scope: str = "all",
     ) -> None:
-        """The next `count` calls in scope fail: with `status` (and `Retry-After`), with the
-        hibernating-instance page (mode "hibernate"), non-JSON bytes ("garbage"), or a redirect
-        to `location` ("redirect", status 302 unless a 3xx is given)."""
+        """The next `count` calls in scope fail: with `status` (and `Retry-After`; a 429 with
+        `retry_after` also carries a rate limit rule's `X-RateLimit-*` headers, one without is
+        the semaphore kind, with none), with the hibernating-instance page (mode "hibernate"),
+        non-JSON bytes ("garbage"), or a redirect to `location` ("redirect", status 302 unless
+        a 3xx is given)."""
         if int(count) < 1:
             raise ValueError("count must be at least 1")
         if mode not in FAILURE_MODES:
@@ -318,14 +396,78 @@ class ServiceNowState:
     def set_rate_limit(
         self, max_calls: int | None, window_seconds: float = 3600, retry_after: int | None = None
     ) -> None:
-        """At most `max_calls` Table API calls per user per window; None lifts the limit."""
+        """At most `max_calls` Table API calls per user per window; None lifts the limit.
+        A 429 says `Retry-After: retry_after`, or the seconds until the window ends."""
         with self._lock:
             self._rate_windows = {}
             if max_calls is None:
                 self._rate_limit = None
                 return
-            wait = retry_after if retry_after is not None else int(window_seconds)
+            wait = int(retry_after) if retry_after is not None else None
             self._rate_limit = (int(max_calls), float(window_seconds), wait)
+
+    # ---- records --------------------------------------------------------------------------
+
+    def create_records(
+        self,
+        table: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        count: int = 1,
+        sys_created_on: str | float | None = None,
+        sys_updated_on: str | float | None = None,
+        visible: bool = True,
+        visible_after: float | None = None,
+    ) -> list[str]:
+        """Creates `count` records sharing the given fields (fields the table lacks are added to
+        it; `variables` is a name -> value object); returns their sys_ids. Times are stored text
+        or epoch seconds (default: now). `visible=False` holds them back until `make_visible`,
+        `visible_after` until that stand-in time: a late commit."""
+        if int(count) < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            target = self._tables.table(table)
+            write = self._control_write(fields, sys_updated_on, visible, visible_after)
+            if sys_created_on is not None:
+                write.created_on = stored_time(sys_created_on)
+            inserted = [self._tables.insert(target, write, extend=True) for _ in range(int(count))]
+            return [record.sys_id for record in inserted]
+
+    def update_records(
+        self,
+        table: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        sys_ids: list[str] | None = None,
+        query: str | None = None,
+        sys_updated_on: str | float | None = None,
+        visible: bool = True,
+        visible_after: float | None = None,
+    ) -> list[str]:
+        """Sets fields on the records named, or matching the encoded query, as a script would:
+        each gets `sys_mod_count` + 1 and `sys_updated_on` = now (or the time given), even when
+        no value changes. Held back like `create_records`; readers see the old version until
+        then. Returns the sys_ids updated."""
+        with self._lock:
+            target = self._tables.table(table)
+            chosen = self._chosen(target, sys_ids, query)
+            write = self._control_write(fields, sys_updated_on, visible, visible_after)
+            write.force = True
+            for record in chosen:
+                self._tables.update(record, target, write, extend=True)
+            return [record.sys_id for record in chosen]
+
+    def make_visible(self, table: str, sys_ids: list[str] | None = None) -> list[str]:
+        """Commits the held-back writes of the records named (default: all of the table's)."""
+        with self._lock:
+            records = self._tables.table(table).records
+            chosen = (
+                [records[sys_id] for sys_id in sys_ids] if sys_ids is not None else records.values()
+            )
+            held = [record for record in chosen if record.pending is not None]
+            for record in held:
+                record.commit()
+            return [record.sys_id for record in held]
 
     # ---- what tests read ----------------------------------------------------------------
 
@@ -348,6 +490,36 @@ class ServiceNowState:
         with self._lock:
             return self._clients[client_id].public_view()
 
+    def record(self, table: str, sys_id: str) -> dict[str, Any]:
+        """A record as readers see it now (`fields`, None if not yet visible), its held-back
+        version (`pending`, visible from `visible_after`; null: when told) and its journal."""
+        with self._lock:
+            stored = self._tables.table(table).records[sys_id]
+            return _record_view(stored, self.now())
+
+    def list_records(self, table: str, query: str = "", limit: int | None = None) -> dict[str, Any]:
+        """The visible records matching the encoded query: their count and (the first `limit`
+        of) them, as `record()` shows them."""
+        with self._lock:
+            target = self._tables.table(table)
+            rows = self._tables.select(target, query, self.now())
+            shown = rows if limit is None else rows[: int(limit)]
+            views = [_record_view(target.records[row["sys_id"]], self.now()) for row in shown]
+            return {"count": len(rows), "records": views}
+
+    def count_records(self, table: str, query: str = "") -> int:
+        with self._lock:
+            return len(self._tables.select(self._tables.table(table), query, self.now()))
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the instance received (control calls aside), oldest first."""
+        with self._lock:
+            return self._requests.entries()
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
     # ---- used by the WSGI app -----------------------------------------------------------
 
     def latency_for(self, path: str) -> float:
@@ -364,11 +536,36 @@ class ServiceNowState:
                     return failure
             return None
 
+    def failure_headers(self, failure: _Failure) -> dict[str, str]:
+        """`Retry-After` if given; for a 429 with it, also the rate limit rule's headers."""
+        if failure.retry_after is None:
+            return {}
+        headers = {"Retry-After": str(failure.retry_after)}
+        if failure.status == 429:
+            with self._lock:
+                limit = self._rate_limit[0] if self._rate_limit else INJECTED_RATE_LIMIT
+                headers.update(_rate_headers(limit, self.now() + failure.retry_after))
+        return headers
+
     def record_call(self, method: str, path: str, status: int, principal: str | None) -> None:
         entry = {"method": method, "path": path, "status": status, "principal": principal}
         with self._lock:
             self._calls.append(entry)
         log.info("servicenow %s %s -> %d (%s)", method, path, status, principal or "-")
+
+    def log_request(
+        self, request: Request, status: int, principal: str | None, body_size: int
+    ) -> None:
+        """Adds the request to the request log, every credential in it masked."""
+        with self._lock:
+            self._requests.record(
+                request,
+                at=self.now(),
+                status=status,
+                principal=principal,
+                body_size=body_size,
+                credentials=self._credentials(),
+            )
 
     def exchange(self, form: dict[str, str]) -> tuple[int, dict[str, Any], str | None]:
         """Runs one `/oauth_token.do` grant; returns status, body and the client id for the log."""
@@ -392,24 +589,71 @@ class ServiceNowState:
             bearer = self._bearer_principal(request.headers.get("Authorization", ""))
             return bearer or self._api_key_principal(request)
 
-    def table_read(
-        self, principal: _Principal, table: str, args: dict[str, str]
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def table_call(self, principal: _Principal, request: TableRequest) -> TableAnswer:
+        """One Table API call: rate limit, then table, then ACL, then the Table API itself."""
         with self._lock:
-            limited = self._rate_limited(principal.name)
+            limited, rate_headers = self._rate_check(principal.name)
             if limited is not None:
                 return limited
-            self._table_calls[table] = self._table_calls.get(table, 0) + 1
-            if table not in self._tables:
-                detail = f"Invalid table {table}"
-                return 404, _error_envelope("No Record found", detail), {}
-            if table in principal.denied_tables:
-                detail = f"ACL restricts the record retrieval: read access to {table} denied"
-                return 403, _error_envelope("User Not Authorized", detail), {}
-            records = self._tables[table]
-        return 200, *_page(records, args)
+            self._table_calls[request.table] = self._table_calls.get(request.table, 0) + 1
+            answer = self._authorised_answer(principal, request)
+            answer.headers.update(rate_headers)
+            return answer
 
     # ---- internals (callers hold the lock) ----------------------------------------------
+
+    def _authorised_answer(self, principal: _Principal, request: TableRequest) -> TableAnswer:
+        if not self._tables.has(request.table):
+            return TableAnswer(400, error_envelope(f"Invalid table {request.table}", None))
+        if request.table in principal.denied_tables:
+            access = ACCESS.get(request.method, "delete")
+            detail = (
+                f"ACL restricts the record retrieval: {access} access to {request.table} denied"
+            )
+            return TableAnswer(403, error_envelope("User Not Authorized", detail))
+        return table_api.answer(self._tables, request, self.now())
+
+    def _control_write(
+        self,
+        fields: dict[str, Any] | None,
+        updated_on: str | float | None,
+        visible: bool,
+        visible_after: float | None,
+    ) -> Write:
+        if fields is not None and not isinstance(fields, dict):
+            raise ValueError("fields must be an object")
+        return Write(
+            values=dict(fields or {}),
+            by=SYSTEM_USER,
+            now=self.now(),
+            updated_on=stored_time(updated_on) if updated_on is not None else None,
+            commit_at=_commit_at(visible, visible_after),
+        )
+
+    def _chosen(
+        self, table: Table, sys_ids: list[str] | None, query: str | None
+    ) -> list[StoredRecord]:
+        if sys_ids is not None:
+            return [table.records[sys_id] for sys_id in sys_ids]
+        if query is None:
+            raise ValueError("name the records: sys_ids or query")
+        return [
+            table.records[row["sys_id"]] for row in self._tables.select(table, query, self.now())
+        ]
+
+    def _credentials(self) -> dict[str, str]:
+        """Every credential the instance knows or once knew -> whose it is."""
+        known = dict(self._retired)
+        known.update({c.client_secret: c.client_id for c in self._clients.values()})
+        known.update({k.value: k.name for k in self._api_keys.values()})
+        for tokens in (self._access_tokens, self._refresh_tokens):
+            known.update({token: stored.client_id for token, stored in tokens.items()})
+        known.pop("", None)
+        return known
+
+    def _retire(self, credential: str, owner: str) -> None:
+        """Remembers a credential that stops working, so the request log still masks it."""
+        self._retired[credential] = owner
 
     def _authenticated_client(self, form: dict[str, str]) -> OAuthClient | None:
         client = self._clients.get(form.get("client_id", ""))
@@ -442,6 +686,7 @@ class ServiceNowState:
         body = self._access_token_body(client)
         if client.rotate_refresh_token:
             del self._refresh_tokens[refresh_token]
+            self._retire(refresh_token, client.client_id)
             refresh_token = self._new_refresh_token(client)
         body["refresh_token"] = refresh_token
         self._count(self._token_exchanges, client.client_id, "refresh_token")
@@ -480,8 +725,15 @@ class ServiceNowState:
 
     def _drop_tokens(self, client_id: str) -> None:
         for tokens in (self._access_tokens, self._refresh_tokens):
-            for token in [t for t, stored in tokens.items() if stored.client_id == client_id]:
-                del tokens[token]
+            self._drop(tokens, client_id)
+
+    def _drop(self, tokens: dict[str, _Token], client_id: str) -> int:
+        """Forgets (and retires) the client's tokens of one kind; returns how many."""
+        dropped = [token for token, stored in tokens.items() if stored.client_id == client_id]
+        for token in dropped:
+            del tokens[token]
+            self._retire(token, client_id)
+        return len(dropped)
 
     def _count(self, counter: dict[str, dict[str, int]], client_id: str | None, grant: str) -> None:
         per_grant = counter.setdefault(client_id or UNKNOWN_CLIENT, {})
@@ -513,53 +765,44 @@ class ServiceNowState:
             return _Principal(key.name, set(key.denied_tables))
         return None
 
-    def _rate_limited(self, principal: str) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    def _rate_check(self, principal: str) -> tuple[TableAnswer | None, dict[str, str]]:
+        """Counts the call; returns the 429 answer when over the limit, and the rule's headers
+        every answer under a rate limit carries."""
         if self._rate_limit is None:
-            return None
+            return None, {}
         max_calls, window, retry_after = self._rate_limit
         now = self.now()
         current = self._rate_windows.get(principal)
         if current is None or now - current.started_at >= window:
             current = self._rate_windows[principal] = _RateWindow(started_at=now)
         current.calls += 1
+        reset_at = current.started_at + window
+        headers = _rate_headers(max_calls, reset_at)
         if current.calls <= max_calls:
-            return None
-        detail = f"Rate limit of {max_calls} requests per {int(window)} seconds exceeded"
-        headers = {"Retry-After": str(retry_after), "X-RateLimit-Limit": str(max_calls)}
-        return 429, _error_envelope("Too Many Requests", detail), headers
+            return None, headers
+        wait = retry_after if retry_after is not None else math.ceil(reset_at - now)
+        detail = f"Rate limit of {max_calls} requests per {_per(window)} for Table API exceeded"
+        body = error_envelope("Rate limit exceeded", detail)
+        return TableAnswer(429, body, {"Retry-After": str(wait), **headers}), headers
 
 
-def _error_envelope(message: str, detail: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "detail": detail}, "status": "failure"}
-
-
-def _int_arg(args: dict[str, str], name: str, default: int) -> int:
-    try:
-        return max(0, int(args.get(name, default)))
-    except ValueError:
-        return default
-
-
-def _page(
-    records: list[dict[str, Any]], args: dict[str, str]
-) -> tuple[dict[str, Any], dict[str, str]]:
-    offset = _int_arg(args, "sysparm_offset", 0)
-    limit = _int_arg(args, "sysparm_limit", DEFAULT_LIMIT)
-    chosen = records[offset : offset + limit]
-    fields = [name for name in args.get("sysparm_fields", "").split(",") if name.strip()]
-    if fields:
-        chosen = [{f.strip(): r[f.strip()] for f in fields if f.strip() in r} for r in chosen]
-    headers = {}
-    if args.get("sysparm_no_count", "false").lower() != "true":
-        headers["X-Total-Count"] = str(len(records))
-    return {"result": chosen}, headers
+def _record_view(record: StoredRecord, now: float) -> dict[str, Any]:
+    return {
+        "sys_id": record.sys_id,
+        "fields": record.visible(now),
+        "pending": record.pending,
+        "visible_after": record.commit_at
+        if record.pending and record.commit_at < math.inf
+        else None,
+        "journal": list(record.journal),
+    }
 
 
 # ---- the instance's HTTP side -----------------------------------------------------------
 
 
 def _unauthenticated() -> Response:
-    body = _error_envelope("User Not Authenticated", "Required to provide Auth information")
+    body = error_envelope("User Not Authenticated", "Required to provide Auth information")
     return json_reply(body, 401)
 
 
@@ -567,17 +810,57 @@ def _token_reply(body: dict[str, Any], status: int) -> Response:
     return json_reply(body, status, {"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-def _injected_reply(failure: _Failure) -> Response:
+def _injected_reply(failure: _Failure, headers: dict[str, str]) -> Response:
     if failure.mode == "hibernate":
         return Response(HIBERNATION_PAGE, 200, content_type="text/html; charset=utf-8")
     if failure.mode == "garbage":
         return Response(GARBAGE_BODY, 200, content_type="application/json")
     if failure.mode == "redirect":
         return Response("", failure.status, headers={"Location": failure.location or "/"})
-    headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
-    message = "Too Many Requests" if failure.status == 429 else "Injected failure"
-    body = _error_envelope(message, f"the stand-in was told to answer {failure.status}")
+    message = "Rate limit exceeded" if failure.status == 429 else "Injected failure"
+    body = error_envelope(message, f"the stand-in was told to answer {failure.status}")
     return json_reply(body, failure.status, headers)
+
+
+def _table_reply(answer: TableAnswer) -> Response:
+    if answer.body is not None:
+        return json_reply(answer.body, answer.status, answer.headers)
+    response = Response(b"", answer.status, headers=answer.headers)
+    del response.headers["Content-Type"]
+    return response
+
+
+def _table_request(request: Request, values: dict[str, Any], principal: str) -> TableRequest:
+    """What the Table API needs of the request, its URL as received."""
+    instance_url = f"{request.scheme}://{request.host}"
+    path = urlsplit(request.environ.get("RAW_URI", "")).path or request.path
+    return TableRequest(
+        method=request.method,
+        table=values["table"],
+        sys_id=values.get("sys_id"),
+        version=values.get("version"),
+        args=request.args.to_dict(),
+        raw_query=request.query_string.decode("latin-1"),
+        url=instance_url + path,
+        instance_url=instance_url,
+        body=request.get_data(),
+        principal=principal,
+        no_response_body=request.headers.get("X-no-response-body", "").lower() == "true",
+    )
+
+
+def _routes() -> Map:
+    rules = [Rule(TOKEN_PATH, endpoint="token", methods=["POST"])]
+    for prefix in TABLE_PATHS:
+        rules.append(Rule(f"{prefix}/<table>", endpoint="table", methods=["GET", "POST"]))
+        rules.append(
+            Rule(
+                f"{prefix}/<table>/<sys_id>",
+                endpoint="table",
+                methods=["GET", "PUT", "PATCH", "DELETE"],
+            )
+        )
+    return Map(rules)
 
 
 class _InstanceApp:
@@ -586,12 +869,7 @@ class _InstanceApp:
     def __init__(self, state: ServiceNowState) -> None:
         self.state = state
         self.control = _ControlApi(state)
-        self.routes = Map(
-            [
-                Rule(TOKEN_PATH, endpoint="token", methods=["POST"]),
-                Rule("/api/now/table/<table>", endpoint="table", methods=["GET"]),
-            ]
-        )
+        self.routes = _routes()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -600,16 +878,18 @@ class _InstanceApp:
         return self.serve(request)(environ, start_response)
 
     def serve(self, request: Request) -> Response:
+        body_size = len(request.get_data(cache=True))  # kept: the form is parsed from it
         latency = self.state.latency_for(request.path)
         if latency > 0:
             time.sleep(latency)
         principal: str | None = None
         failure = self.state.take_failure(request.path)
         if failure is not None:
-            response = _injected_reply(failure)
+            response = _injected_reply(failure, self.state.failure_headers(failure))
         else:
             response, principal = self.dispatch(request)
         self.state.record_call(request.method, request.path, response.status_code, principal)
+        self.state.log_request(request, response.status_code, principal, body_size)
         return response
 
     def dispatch(self, request: Request) -> tuple[Response, str | None]:
@@ -622,10 +902,10 @@ class _InstanceApp:
                 if code == 405
                 else "Requested URI does not represent any resource"
             )
-            return json_reply(_error_envelope(message, None), code), None
+            return json_reply(error_envelope(message, None), code), None
         if endpoint == "token":
             return self.token(request)
-        return self.table(request, values["table"])
+        return self.table(request, values)
 
     def token(self, request: Request) -> tuple[Response, str | None]:
         form = {name: request.form.get(name, "") for name in request.form}
@@ -635,12 +915,12 @@ class _InstanceApp:
         status, body, client_id = self.state.exchange(form)
         return _token_reply(body, status), client_id
 
-    def table(self, request: Request, table: str) -> tuple[Response, str | None]:
+    def table(self, request: Request, values: dict[str, Any]) -> tuple[Response, str | None]:
         principal = self.state.principal_for(request)
         if principal is None:
             return _unauthenticated(), None
-        status, body, headers = self.state.table_read(principal, table, request.args.to_dict())
-        return json_reply(body, status, headers), principal.name
+        answer = self.state.table_call(principal, _table_request(request, values, principal.name))
+        return _table_reply(answer), principal.name
 
 
 class _ControlApi:
@@ -655,11 +935,25 @@ class _ControlApi:
                 Rule("/_control/clients/<client_id>", endpoint="update_client", methods=["PATCH"]),
                 Rule("/_control/clients/<client_id>/revoke", endpoint="revoke", methods=["POST"]),
                 Rule("/_control/clients/<client_id>/enable", endpoint="enable", methods=["POST"]),
+                Rule(
+                    "/_control/clients/<client_id>/revoke-tokens",
+                    endpoint="revoke_tokens",
+                    methods=["POST"],
+                ),
                 Rule("/_control/properties", endpoint="properties", methods=["POST"]),
                 Rule("/_control/api-keys", endpoint="add_key", methods=["POST"]),
                 Rule("/_control/api-keys/<name>/revoke", endpoint="revoke_key", methods=["POST"]),
                 Rule("/_control/api-keys/<name>/enable", endpoint="enable_key", methods=["POST"]),
+                Rule("/_control/api-keys/<name>", endpoint="get_key", methods=["GET"]),
+                Rule("/_control/api-keys/<name>", endpoint="update_key", methods=["PATCH"]),
                 Rule("/_control/tables", endpoint="add_table", methods=["POST"]),
+                Rule(f"{RECORDS}", endpoint="create_records", methods=["POST"]),
+                Rule(f"{RECORDS}", endpoint="list_records", methods=["GET"]),
+                Rule(f"{RECORDS}/update", endpoint="update_records", methods=["POST"]),
+                Rule(f"{RECORDS}/make-visible", endpoint="make_visible", methods=["POST"]),
+                Rule(f"{RECORDS}/<sys_id>", endpoint="get_record", methods=["GET"]),
+                Rule("/_control/requests", endpoint="requests", methods=["GET"]),
+                Rule("/_control/requests/clear", endpoint="clear_requests", methods=["POST"]),
                 Rule("/_control/latency", endpoint="latency", methods=["POST"]),
                 Rule("/_control/fail-next", endpoint="fail_next", methods=["POST"]),
                 Rule("/_control/rate-limit", endpoint="rate_limit", methods=["POST"]),
@@ -680,6 +974,8 @@ class _ControlApi:
             return json_reply({"error": "body is not JSON"}, 400)
         if not isinstance(body, dict):
             return json_reply({"error": "body must be a JSON object"}, 400)
+        if request.method == "GET":
+            body = {**request.args.to_dict(), **body}
         try:
             result, status = getattr(self, f"_{endpoint}")(body, **values)
         except KeyError as error:
@@ -707,6 +1003,9 @@ class _ControlApi:
         self.state.enable_client(client_id)
         return self.state.client(client_id), 200
 
+    def _revoke_tokens(self, body: dict[str, Any], client_id: str) -> tuple[Any, int]:
+        return self.state.revoke_access_tokens(client_id, **body), 200
+
     def _properties(self, body: dict[str, Any]) -> tuple[Any, int]:
         for name, value in body.items():
             self.state.set_property(name, value)
@@ -722,6 +1021,34 @@ class _ControlApi:
     def _enable_key(self, body: dict[str, Any], name: str) -> tuple[Any, int]:
         self.state.enable_api_key(name)
         return {"name": name, "active": True}, 200
+
+    def _get_key(self, body: dict[str, Any], name: str) -> tuple[Any, int]:
+        return self.state.api_key(name), 200
+
+    def _update_key(self, body: dict[str, Any], name: str) -> tuple[Any, int]:
+        return self.state.update_api_key(name, **body), 200
+
+    def _create_records(self, body: dict[str, Any], table: str) -> tuple[Any, int]:
+        return {"sys_ids": self.state.create_records(table, **body)}, 201
+
+    def _list_records(self, body: dict[str, Any], table: str) -> tuple[Any, int]:
+        return self.state.list_records(table, **body), 200
+
+    def _update_records(self, body: dict[str, Any], table: str) -> tuple[Any, int]:
+        return {"sys_ids": self.state.update_records(table, **body)}, 200
+
+    def _make_visible(self, body: dict[str, Any], table: str) -> tuple[Any, int]:
+        return {"sys_ids": self.state.make_visible(table, **body)}, 200
+
+    def _get_record(self, body: dict[str, Any], table: str, sys_id: str) -> tuple[Any, int]:
+        return self.state.record(table, sys_id), 200
+
+    def _requests(self, body: dict[str, Any]) -> tuple[Any, int]:
+        return {"requests": self.state.requests()}, 200
+
+    def _clear_requests(self, body: dict[str, Any]) -> tuple[Any, int]:
+        self.state.clear_requests()
+        return {}, 200
 
     def _add_table(self, body: dict[str, Any]) -> tuple[Any, int]:
         self.state.add_table(**body)
