@@ -7,8 +7,10 @@ lazily, on first use, by the modules that need them.
 import azure.functions as func
 
 from connections.api import bp as connections_api
+from proxy.api import bp as proxy_api
 from renewal.triggers import bp as renewal_triggers
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(connections_api)
+app.register_functions(proxy_api)
 app.register_functions(renewal_triggers)

@@ -72,11 +72,11 @@ def _connection_response(connection: Connection, status_code: int = 200, **heade
     return json_response(connection.to_public(), status_code, all_headers)
 
 
-def _tenant(req: func.HttpRequest) -> str:
+def tenant_of(req: func.HttpRequest) -> str:
     return check_tenant_id(req.route_params.get("tenant_id", ""))
 
 
-def _connection_id(req: func.HttpRequest) -> str:
+def connection_id_of(req: func.HttpRequest) -> str:
     connection_id = req.route_params.get("connection_id", "")
     if not is_connection_id(connection_id):
         raise errors.not_found()
@@ -87,7 +87,7 @@ def _connection_url(connection: Connection) -> str:
     return f"/api/tenants/{connection.tenant_id}/connections/{connection.id}"
 
 
-def _page_size(req: func.HttpRequest) -> int:
+def page_size(req: func.HttpRequest) -> int:
     raw = req.params.get("limit")
     if raw is None:
         return DEFAULT_PAGE_SIZE
@@ -121,7 +121,7 @@ def openapi(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tenants/{tenant_id}/connections", methods=["POST"])
 @api_errors
 def create_connection(req: func.HttpRequest) -> func.HttpResponse:
-    tenant_id = _tenant(req)
+    tenant_id = tenant_of(req)
     body = parse_json_body(req.get_body(), req.headers.get("Content-Type"))
     connection = _service().create_connection(_services(), tenant_id, body)
     return _connection_response(connection, 201, Location=_connection_url(connection))
@@ -131,8 +131,8 @@ def create_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tenants/{tenant_id}/connections", methods=["GET"])
 @api_errors
 def list_connections(req: func.HttpRequest) -> func.HttpResponse:
-    tenant_id = _tenant(req)
-    limit = _page_size(req)
+    tenant_id = tenant_of(req)
+    limit = page_size(req)
     items, cursor = _service().list_connections(
         _services(), tenant_id, limit, req.params.get("cursor")
     )
@@ -148,7 +148,7 @@ def list_connections(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tenants/{tenant_id}/connections/{connection_id}", methods=["GET"])
 @api_errors
 def get_connection(req: func.HttpRequest) -> func.HttpResponse:
-    connection = _service().get_connection(_services(), _tenant(req), _connection_id(req))
+    connection = _service().get_connection(_services(), tenant_of(req), connection_id_of(req))
     return _connection_response(connection)
 
 
@@ -156,7 +156,7 @@ def get_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tenants/{tenant_id}/connections/{connection_id}", methods=["PATCH"])
 @api_errors
 def update_connection(req: func.HttpRequest) -> func.HttpResponse:
-    tenant_id, connection_id = _tenant(req), _connection_id(req)
+    tenant_id, connection_id = tenant_of(req), connection_id_of(req)
     patch = parse_json_body(req.get_body(), req.headers.get("Content-Type"))
     connection = _service().update_connection(
         _services(), tenant_id, connection_id, patch, req.headers.get("If-Match")
@@ -168,7 +168,7 @@ def update_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="tenants/{tenant_id}/connections/{connection_id}", methods=["DELETE"])
 @api_errors
 def delete_connection(req: func.HttpRequest) -> func.HttpResponse:
-    tenant_id, connection_id = _tenant(req), _connection_id(req)
+    tenant_id, connection_id = tenant_of(req), connection_id_of(req)
     _service().delete_connection(_services(), tenant_id, connection_id, req.headers.get("If-Match"))
     return func.HttpResponse(status_code=204)
 
@@ -179,5 +179,5 @@ def delete_connection(req: func.HttpRequest) -> func.HttpResponse:
 def check_connection(req: func.HttpRequest) -> func.HttpResponse:
     from renewal.worker import check_now
 
-    connection = check_now(_services(), _tenant(req), _connection_id(req))
+    connection = check_now(_services(), tenant_of(req), connection_id_of(req))
     return _connection_response(connection)

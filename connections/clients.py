@@ -74,7 +74,7 @@ def storage_connection(kind: str) -> tuple[str | None, str | None]:
 
 
 @functools.cache
-def _table_service() -> TableServiceClient:
+def table_service() -> TableServiceClient:
     connection_string, endpoint = storage_connection("table")
     options = {**RETRY_SETTINGS, **TIMEOUT_SETTINGS, **_transport_options()}
     if connection_string:
@@ -84,7 +84,7 @@ def _table_service() -> TableServiceClient:
 
 @functools.cache
 def table_client(name: str = CONNECTIONS_TABLE) -> TableClient:
-    service = _table_service()
+    service = table_service()
     service.create_table_if_not_exists(name)
     return service.get_table_client(name)
 

@@ -78,3 +78,24 @@ def instance_unreachable(message: str) -> ApiError:
 
 def service_unavailable(message: str) -> ApiError:
     return ApiError(503, "service_unavailable", message)
+
+
+def path_not_allowed(path: str) -> ApiError:
+    return ApiError(
+        403,
+        "path_not_allowed",
+        f"The path /{path} is outside the paths this service calls (PROXY_ALLOWED_PATHS).",
+        [FieldError("path", "Use a path under one of the allowed prefixes.")],
+    )
+
+
+def connection_unusable(message: str) -> ApiError:
+    return ApiError(409, "connection_unusable", message)
+
+
+def response_too_large(message: str) -> ApiError:
+    return ApiError(502, "response_too_large", message)
+
+
+def instance_timeout(message: str) -> ApiError:
+    return ApiError(504, "instance_timeout", message)

@@ -52,6 +52,10 @@ ERROR_CODES = [
     "instance_unreachable",
     "service_unavailable",
     "internal_error",
+    "path_not_allowed",
+    "connection_unusable",
+    "response_too_large",
+    "instance_timeout",
 ]
 
 SECURITY_SCHEMES = {
@@ -537,10 +541,16 @@ def _operation(
     secured: bool = True,
     parameters: list[Schema] | None = None,
     request: Schema | None = None,
+    error_components: dict[str, str] | None = None,
+    tags: list[str] | None = None,
 ) -> Schema:
+    """`error_components` names the response component of a status where it is not the
+    usual one of `ERROR_RESPONSES` (e.g. the proxy's 409 is `connection_unusable`)."""
     responses = dict(success)
+    components = {status: name for status, (name, _) in ERROR_RESPONSES.items()}
+    components.update(error_components or {})
     for status in sorted([*errors, "401"] if secured else errors):
-        responses[status] = {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"}
+        responses[status] = {"$ref": f"#/components/responses/{components[status]}"}
     operation: Schema = {
         "operationId": operation_id,
         "summary": summary,
@@ -553,6 +563,8 @@ def _operation(
         operation["parameters"] = parameters
     if request is not None:
         operation["requestBody"] = request
+    if tags:
+        operation["tags"] = tags
     return operation
 
 
@@ -665,7 +677,14 @@ def _paths() -> Schema:
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    schemas = {**_connection_schemas(), **_catalogue_schemas(), **_other_schemas()}
+    from proxy import openapi as proxy_openapi
+
+    schemas = {
+        **_connection_schemas(),
+        **_catalogue_schemas(),
+        **_other_schemas(),
+        **proxy_openapi.schemas(),
+    }
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
@@ -675,12 +694,12 @@ def openapi_document() -> dict[str, Any]:
             "description": API_DESCRIPTION,
         },
         "servers": [{"url": "/api"}],
-        "paths": _paths(),
+        "paths": {**_paths(), **proxy_openapi.paths()},
         "components": {
             "schemas": schemas,
             "responses": dict(ERROR_RESPONSES.values()),
-            "parameters": PARAMETERS,
-            "headers": HEADERS,
+            "parameters": {**PARAMETERS, **proxy_openapi.parameters()},
+            "headers": {**HEADERS, **proxy_openapi.headers()},
             "securitySchemes": SECURITY_SCHEMES,
         },
     }

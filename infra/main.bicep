@@ -130,6 +130,28 @@ param renewalBatchLimit int = 5000
 @description('Seconds ahead of now that the renewal sweep looks for work.')
 param renewalLookaheadSeconds int = 240
 
+@description('Instance path prefixes the proxy calls (comma-separated, whole segments).')
+param proxyAllowedPaths string = 'api/now/table/,api/now/attachment,api/sn_sc/servicecatalog/,api/sn_chg_rest/,api/now/import/'
+
+@description('Longest Retry-After a proxied GET, PUT or DELETE waits out before its one retry, in seconds.')
+@minValue(0)
+@maxValue(60)
+param proxyMaxRetryWaitSeconds int = 5
+
+@description('Seconds a proxied call waits for the instance (under the 230 s the front end allows an HTTP request).')
+@minValue(1)
+@maxValue(200)
+param proxyTimeoutSeconds int = 60
+
+@description('Largest instance answer the proxy relays, in bytes.')
+@minValue(1024)
+param proxyMaxResponseBytes int = 20971520
+
+@description('Days the record of proxied calls is kept.')
+@minValue(1)
+@maxValue(365)
+param proxyAuditDays int = 30
+
 // --- Names -------------------------------------------------------------------------------------
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -255,6 +277,11 @@ module functionApp 'app/function-app.bicep' = {
       RENEWAL_CONCURRENCY: string(renewalConcurrency)
       RENEWAL_BATCH_LIMIT: string(renewalBatchLimit)
       RENEWAL_LOOKAHEAD_SECONDS: string(renewalLookaheadSeconds)
+      PROXY_ALLOWED_PATHS: proxyAllowedPaths
+      PROXY_MAX_RETRY_WAIT_SECONDS: string(proxyMaxRetryWaitSeconds)
+      PROXY_TIMEOUT_SECONDS: string(proxyTimeoutSeconds)
+      PROXY_MAX_RESPONSE_BYTES: string(proxyMaxResponseBytes)
+      PROXY_AUDIT_DAYS: string(proxyAuditDays)
     }
   }
 }

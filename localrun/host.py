@@ -10,8 +10,10 @@ import contextlib
 import importlib
 import json
 import logging
+import re
 import sys
 import threading
+import urllib.parse
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
@@ -55,6 +57,7 @@ STATE_DIR = ".localrun"
 KEY_HEADER = "x-functions-key"
 KEY_QUERY = "code"
 DEFAULT_STORAGE_SETTING = "AzureWebJobsStorage"
+_ENCODED_SLASH = re.compile(r"%2[fF]")
 _INDEXED: "weakref.WeakKeyDictionary[FunctionRegister, list[func.Function]]" = (
     weakref.WeakKeyDictionary()
 )
@@ -213,7 +216,7 @@ class LocalHost:
         return response(environ, start_response)
 
     def handle(self, request: Request) -> Response:
-        path = request.path.strip("/")
+        path = route_path(request).strip("/")
         segments = path.split("/")
         if segments[0].lower() == "admin":
             return self._admin(request, segments[1:])
@@ -249,7 +252,7 @@ class LocalHost:
             return Response(status=401)
         http_request = func.HttpRequest(
             method=request.method,
-            url=request.url,
+            url=raw_url(request),
             headers=dict(request.headers.items()),
             params=request.args.to_dict(),
             route_params=route_params,
@@ -298,6 +301,30 @@ class LocalHost:
         thread = threading.Thread(target=runner, args=(text,), name=f"admin-{name}", daemon=True)
         self._admin_threads.append(thread)
         thread.start()
+
+
+def _raw_target(request: Request) -> str:
+    """The request target as the client sent it (werkzeug's `path` is already decoded)."""
+    return request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
+
+
+def route_path(request: Request) -> str:
+    """The path routes are matched on, as the Functions host (ASP.NET Core) gives it: percent
+    escapes decoded, except an encoded '/' (%2F), which stays as it was sent and so never
+    splits a segment."""
+    raw = _raw_target(request).split("?", 1)[0].split("#", 1)[0]
+    pieces = _ENCODED_SLASH.split(raw)
+    separators = _ENCODED_SLASH.findall(raw)
+    decoded = [urllib.parse.unquote(piece, errors="replace") for piece in pieces]
+    return "".join(part + sep for part, sep in zip(decoded, [*separators, ""], strict=True))
+
+
+def raw_url(request: Request) -> str:
+    """The URL as sent (path and query undecoded), which is what `HttpRequest.url` carries."""
+    target = _raw_target(request)
+    if not target.startswith("/"):
+        return request.url
+    return request.host_url.rstrip("/") + target
 
 
 def _presented_key(request: Request) -> str | None:

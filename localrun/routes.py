@@ -63,7 +63,7 @@ def compile_route(template: str) -> RouteTemplate:
     if not segments:
         regex = "/"
     return RouteTemplate(
-        template, tuple(precedence), re.compile(regex, re.IGNORECASE), tuple(names)
+        template, tuple(precedence), re.compile(regex, re.IGNORECASE | re.DOTALL), tuple(names)
     )
 
 

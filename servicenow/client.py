@@ -253,8 +253,8 @@ def _table_readable(response: OutboundResponse, rejected: str, *, first: bool) -
     body = _json_or_none(response)
     if status == 401 and first:
         raise Rejected(rejected)
-    if status in (401, 403, 404) and _is_error_envelope(body):
-        return False
+    if status in (400, 401, 403, 404) and _is_error_envelope(body):
+        return False  # 400 is "Invalid table": the instance has no such table to read
     if 300 <= status < 400 or status == 429 or status >= 500:
         raise _general_failure(response)
     if body is None:

@@ -56,10 +56,12 @@ def stack(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _clear_client_caches() -> None:
     from connections import clients, services
+    from proxy import api as proxy_api
+    from proxy.settings import proxy_settings
 
     cached_clients = (
         clients.credential,
-        clients._table_service,
+        clients.table_service,
         clients.table_client,
         clients.queue_client,
         clients.secret_client,
@@ -67,6 +69,8 @@ def _clear_client_caches() -> None:
     for cached in cached_clients:
         cached.cache_clear()
     services.services.cache_clear()
+    proxy_api._proxy.cache_clear()
+    proxy_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,27 @@ CHECKOV_CONFIG = INFRA / ".checkov.yaml"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 
 # The code that is deployed (.funcignore leaves out localrun/, tests/, scripts/).
-DEPLOYED_CODE = [ROOT / "function_app.py", *sorted((ROOT / "connections").glob("*.py"))]
-DEPLOYED_CODE += sorted((ROOT / "renewal").glob("*.py"))
+
+
+def _deployed_code() -> list[Path]:
+    """function_app.py and every package `.funcignore` lets into the deployment package."""
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".funcignore").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    }
+    packages = [
+        folder
+        for folder in sorted(ROOT.iterdir())
+        if (folder / "__init__.py").exists() and folder.name not in ignored
+    ]
+    return [
+        ROOT / "function_app.py",
+        *(path for pkg in packages for path in sorted(pkg.glob("*.py"))),
+    ]
+
+
+DEPLOYED_CODE = _deployed_code()
 
 # Settings the code reads that Azure must NOT get, each with the reason.
 NOT_SET_IN_AZURE = {

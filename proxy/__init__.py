@@ -1,0 +1,1 @@
+"""Calling ServiceNow through a connection: automations never hold its credentials."""

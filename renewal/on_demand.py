@@ -1,0 +1,126 @@
+"""Renewing or checking a connection because a call just failed with it (the proxy, triggers).
+
+Both go through the same lease as the sweep and the API's check, and both first look whether
+someone already did the work since the failing call read the record, so a burst of failing
+calls (in this process or in others) makes one exchange and one check, not one per call.
+"""
+
+import logging
+import threading
+import zlib
+from datetime import datetime, timedelta
+
+from azure.core.exceptions import AzureError
+
+from connections.errors import ApiError
+from connections.model import (
+    API_TOKEN,
+    EXPIRED,
+    INVALID_CREDENTIALS,
+    RENEWAL_FAILED,
+    Connection,
+    format_time,
+    parse_time,
+)
+from connections.service import Services, current_entry, save
+from renewal.worker import Busy, work
+
+try:  # TEMP until the worker exposes it
+    from renewal.worker import wait_for_release
+except ImportError:  # pragma: no cover
+
+    def wait_for_release(services, tenant_id, connection_id):
+        return services.store.get(tenant_id, connection_id)
+
+
+log = logging.getLogger(__name__)
+
+# A token this close to its expiry is renewed before use rather than sent and refused.
+EXPIRY_SKEW = timedelta(seconds=5)
+_STRIPES = [threading.Lock() for _ in range(64)]
+
+
+def _stripe(connection_id: str) -> threading.Lock:
+    """One in-process lock per connection (striped, so the set stays bounded)."""
+    return _STRIPES[zlib.crc32(connection_id.encode()) % len(_STRIPES)]
+
+
+def token_usable(connection: Connection, now: datetime) -> bool:
+    expires_at = parse_time(connection.auth.get("token_expires_at"))
+    has_token = "access_token" in connection.secret_versions
+    return has_token and expires_at is not None and expires_at > now + EXPIRY_SKEW
+
+
+def unusable_reason(connection: Connection, now: datetime) -> str | None:
+    """Why calls through the connection cannot work now (its credentials are known bad), or None."""
+    fix = (
+        "Edit the connection with a valid API token (PATCH the connection), then call again."
+        if connection.method == API_TOKEN
+        else "Edit the connection with a valid client secret (PATCH the connection), or fix the "
+        "OAuth client in ServiceNow and run a check (POST .../check), then call again."
+    )
+    if connection.status == INVALID_CREDENTIALS:
+        return f"The connection's status is invalid_credentials: {connection.status_detail} {fix}"
+    if connection.status == EXPIRED:
+        return f"The connection's status is expired: {connection.status_detail} {fix}"
+    if connection.status == RENEWAL_FAILED and not token_usable(connection, now):
+        return (
+            "The connection's status is renewal_failed and it holds no unexpired access token: "
+            f"{connection.status_detail} {fix}"
+        )
+    return None
+
+
+def renew_rejected(
+    services: Services,
+    tenant_id: str,
+    connection_id: str,
+    rejected_version: str | None,
+    *,
+    refused: bool = False,
+) -> Connection:
+    """Renews the access token that `rejected_version` names (`refused` by the instance, or
+    about to expire), unless someone already has; returns the connection as it then is.
+
+    A refused token that could not be replaced is recorded as expired, so later calls answer
+    409 at once instead of trying it (and the token endpoint) again."""
+    with _stripe(connection_id):
+        connection = services.store.get(tenant_id, connection_id)
+        current = connection.secret_versions.get("access_token")
+        if current != rejected_version and token_usable(connection, services.clock()):
+            return connection
+        try:
+            renewed = work(services, connection, probe=False)
+        except Busy:
+            return wait_for_release(services, tenant_id, connection_id)
+        if refused and renewed.secret_versions.get("access_token") == rejected_version:
+            return _expire_token(services, renewed)
+        return renewed
+
+
+def _expire_token(services: Services, connection: Connection) -> Connection:
+    connection.auth["token_expires_at"] = format_time(services.clock())
+    try:
+        return save(services, connection, current_entry(connection))
+    except (ApiError, AzureError) as exc:
+        log.warning(
+            "connection %s: refused token not marked: %s", connection.id, type(exc).__name__
+        )
+        return connection
+
+
+def check_rejected(services: Services, seen: Connection) -> Connection | None:
+    """Checks the connection after the instance refused its credentials, unless the record has
+    changed since `seen` was read (a check or renewal already happened); the status then moves
+    with the usual single notice. None when the check could not run (storage down)."""
+    with _stripe(seen.id):
+        try:
+            connection = services.store.get(seen.tenant_id, seen.id)
+            if connection.etag != seen.etag:
+                return connection
+            return work(services, connection, probe=True)
+        except Busy:
+            return None
+        except (ApiError, AzureError) as exc:
+            log.warning("connection %s: check after a 401 failed: %s", seen.id, type(exc).__name__)
+            return None
