@@ -8,8 +8,9 @@ always has an entry at or before its due time.
 
 The API writes entries as it goes. The sweep collects its changes in a `DueIndexBatch` and
 writes them in entity-group transactions (one request for up to 100 changes), in the order they
-were made. A sweep that stops before writing them leaves the old, earlier entries in place: the
-next sweep meets them as stale and repairs the index.
+were made; its reads see those changes before they are written. A sweep that stops before
+writing them leaves the old, earlier entries in place: the next sweep meets them as stale and
+repairs the index.
 """
 
 import contextlib
@@ -105,7 +106,20 @@ class DueIndexBatch:
         self._writing = threading.Lock()  # one writer at a time keeps the order
 
     def due(self, until: datetime, limit: int) -> list[DueEntry]:
-        return self._index.due(until, limit)
+        """As `DueIndex.due`, with the changes not yet written applied: the sweep, reading the
+        index again within a run, sees the entries its own renewals made."""
+        with self._writing:  # no chunk half-way between the pending list and the table
+            with self._pending_lock:
+                changes = list(self._pending)
+            removes = sum(1 for action, _ in changes if action == "remove")
+            found = {entry.row_key: entry for entry in self._index.due(until, limit + removes)}
+        until_text = format_time(until) or ""
+        for action, entry in changes:
+            if action == "remove":
+                found.pop(entry.row_key, None)
+            elif entry.due_at <= until_text:
+                found[entry.row_key] = entry
+        return [found[key] for key in sorted(found)][:limit]
 
     def put(self, entry: DueEntry) -> None:
         self._add(("put", entry))

@@ -31,6 +31,11 @@ OK, REJECTED, TRANSIENT = "ok", "rejected", "transient"
 MAX_BACKOFF = timedelta(minutes=15)
 # After an exact expiry, so the instance's clock surely agrees that the old token is gone.
 EXACT_GRACE = timedelta(seconds=2)
+# The part of a short lifetime (one under twice the minimum margin) left when it is renewed.
+SHORT_MARGIN_FRACTION = 0.25
+# Never renew sooner than this after a renewal, however short the lifetime (an instance
+# answering `expires_in: 0` must not make the sweep loop).
+MIN_RENEWAL_INTERVAL = timedelta(seconds=5)
 
 
 def _number(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -150,22 +155,35 @@ def _event_for(previous: str, status: str, reminder_due: bool) -> str | None:
 
 
 def oauth_due(
-    now: datetime, expires_in: int, settings: LifecycleSettings, rng: random.Random
+    now: datetime,
+    expires_in: int,
+    settings: LifecycleSettings,
+    rng: random.Random,
+    *,
+    reused: bool = False,
 ) -> tuple[datetime, bool]:
-    """(when to renew, whether that moment is exact).
+    """(when to renew, whether that moment is timed: the sweep waits for it rather than leave it
+    to a later run; stored as `due_exact`).
 
-    Renew a margin before expiry (10 minutes or a fifth of the lifetime, whichever is larger),
-    less some jitter so thousands of tokens don't renew in the same second. When the instance
-    handed back a token with less left than the margin (it may return the current token with
-    only its remaining lifetime), renewing early would just return the same token again: renew
-    exactly as it expires instead, when the instance must issue a new one.
+    Always before expiry. The margin is 10 minutes (`min_margin`) or a fifth of the lifetime,
+    whichever is larger, as long as that is at most half the lifetime; the next sweep after
+    the due time is then soon enough. A shorter lifetime (an instance issuing 60 s or
+    5-minute tokens) is renewed a quarter of it before expiry, at a timed moment. Jitter (so
+    thousands of tokens don't renew in the same second) takes at most a quarter of the margin.
+
+    Only when the instance handed back the token it already gave (`reused`: no later expiry
+    than the stored one) with a short lifetime left is the renewal set for the moment it
+    expires (plus a grace): renewing earlier would just return the same token again.
     """
     lifetime = timedelta(seconds=max(expires_in, 0))
     margin = max(settings.min_margin, lifetime / 5)
-    if lifetime <= margin:
-        return now + lifetime + EXACT_GRACE, True
+    timed = margin > lifetime / 2
+    if timed and reused:
+        return now + max(lifetime + EXACT_GRACE, MIN_RENEWAL_INTERVAL), True
+    if timed:
+        margin = lifetime * SHORT_MARGIN_FRACTION
     jitter = timedelta(seconds=rng.uniform(0, min(settings.max_jitter, margin / 4).total_seconds()))
-    return now + lifetime - margin - jitter, False
+    return max(now + lifetime - margin - jitter, now + MIN_RENEWAL_INTERVAL), timed
 
 
 def api_token_due(connection: Connection, now: datetime, settings: LifecycleSettings) -> datetime:
@@ -193,10 +211,12 @@ def record_outcome(
     settings: LifecycleSettings,
     *,
     expires_in: int | None = None,
+    reused: bool = False,
     rng: random.Random | None = None,
 ) -> dict[str, Any] | None:
     """Moves the status, schedules the next due time and queues (in the record) the notice the
-    move sends, if any; returns that notice."""
+    move sends, if any; returns that notice. `reused`: the instance handed back the OAuth token
+    it had already given (see `oauth_due`)."""
     rng = rng or random.Random()  # noqa: S311 -- jitter, not security
     if outcome.kind == OK:
         connection.failing_since, connection.failure_count = None, 0
@@ -209,7 +229,7 @@ def record_outcome(
     connection.last_checked_at = now
     if status != previous:
         connection.status_changed_at = now
-    _schedule(connection, outcome, now, settings, expires_in, rng)
+    _schedule(connection, outcome, now, settings, expires_in, reused, rng)
     return _queue_notice(connection, previous, now, settings)
 
 
@@ -219,13 +239,14 @@ def _schedule(
     now: datetime,
     settings: LifecycleSettings,
     expires_in: int | None,
+    reused: bool,
     rng: random.Random,
 ) -> None:
     exact = False
     if outcome.kind == TRANSIENT:
         due = _retry_due(connection, now)
     elif connection.method == OAUTH2 and outcome.kind == OK and expires_in is not None:
-        due, exact = oauth_due(now, expires_in, settings, rng)
+        due, exact = oauth_due(now, expires_in, settings, rng, reused=reused)
     elif connection.method == OAUTH2 and outcome.kind == REJECTED:
         due = now + settings.api_token_check_interval
     else:

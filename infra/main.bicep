@@ -127,8 +127,8 @@ param renewalConcurrency int = 16
 @description('Most connections one renewal sweep takes.')
 param renewalBatchLimit int = 5000
 
-@description('Seconds ahead of now that the renewal sweep looks for work.')
-param renewalLookaheadSeconds int = 240
+@description('Seconds ahead of now that the renewal sweep looks for work: the schedule\'s interval, so consecutive sweeps\' windows touch.')
+param renewalLookaheadSeconds int = 300
 
 @description('Instance path prefixes the proxy calls (comma-separated, whole segments).')
 param proxyAllowedPaths string = 'api/now/table/,api/now/attachment,api/sn_sc/servicecatalog/,api/sn_chg_rest/,api/now/import/'

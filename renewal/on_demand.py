@@ -23,14 +23,7 @@ from connections.model import (
     parse_time,
 )
 from connections.service import Services, current_entry, save
-from renewal.worker import Busy, work
-
-try:  # TEMP until the worker exposes it
-    from renewal.worker import wait_for_release
-except ImportError:  # pragma: no cover
-
-    def wait_for_release(services, tenant_id, connection_id):
-        return services.store.get(tenant_id, connection_id)
+from renewal.worker import Busy, wait_for_release, work
 
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,15 @@
 """The renewal sweep: works the connections that are due, with bounded concurrency.
 
 Its cost grows with what is due, not with all connections: it reads the due index up to now
-(plus a look-ahead for renewals that must happen at an exact moment), then each due record.
-Its changes to the due index go out in transactions of up to 100 (see `DueIndexBatch`).
+(plus its window, for the timed renewals of short-lived tokens), then each due record. Its
+changes to the due index go out in transactions of up to 100 (see `DueIndexBatch`).
+
+A run covers a window, by default as long as the schedule's interval, so that consecutive runs'
+windows touch: it works what is due, reads the index again, and keeps going while something
+is due now or a timed renewal comes before the window ends (sleeping until it). A short token
+renewed early in the run whose next renewal falls inside the window is so renewed again in the
+same run. The last seconds of the window are left to the next run, which starts about then:
+the host skips an occurrence that passes while a run of the same timer is still going.
 """
 
 import dataclasses
@@ -25,12 +32,16 @@ from renewal.worker import Busy, work
 
 log = logging.getLogger(__name__)
 
+# The end of a run's window left to the next run (at most a tenth of the window), so that the
+# renewals it waits for end before the next occurrence of the schedule.
+WINDOW_HEADROOM = timedelta(seconds=10)
+
 
 @dataclass(frozen=True)
 class SweepSettings:
     concurrency: int = 32
     limit: int = 5000
-    lookahead: timedelta = timedelta(minutes=4)
+    lookahead: timedelta = timedelta(minutes=5)  # the window: RENEWAL_SCHEDULE's interval
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> "SweepSettings":
@@ -96,41 +107,91 @@ def run_sweep(services: Services, settings: SweepSettings) -> Counter:
             )
 
 
-def _sweep(services: Services, settings: SweepSettings) -> Counter:
-    started = services.clock()
-    entries = services.due.due(started + settings.lookahead, settings.limit)
-    now_text = format_time(started) or ""
-    due_now = [entry for entry in entries if entry.due_at <= now_text]
-    exact_later = [entry for entry in entries if entry.due_at > now_text and entry.exact]
-    counts: Counter = Counter()
-    failures: list[Exception] = []
-    lock = threading.Lock()
-    # At most twice the concurrency submitted and not finished: the sweep's memory stays the
-    # same however many are due (no future per due connection waiting in a queue).
-    slots = threading.Semaphore(2 * settings.concurrency)
+class _Workers:
+    """The pool working due entries: at most twice the concurrency submitted and not finished,
+    so the sweep's memory stays the same however many are due (no future per due connection
+    waiting in a queue); counts the outcomes."""
 
-    def finished(future: Future) -> None:
+    def __init__(self, services: Services, concurrency: int) -> None:
+        self._services = services
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sweep")
+        self._most = 2 * concurrency
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self.counts: Counter = Counter()
+        self.failures: list[Exception] = []
+
+    def submit(self, entry: DueEntry) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight < self._most)
+            self._in_flight += 1
+        self._pool.submit(_work_safely, self._services, entry).add_done_callback(self._finished)
+
+    def _finished(self, future: Future) -> None:
         try:
             outcome = future.result()
         except Exception as exc:  # a bug, not a storage fault: raised once all are done
-            failures.append(exc)
+            self.failures.append(exc)
             outcome = "error"
-        with lock:
-            counts[outcome] += 1
-        slots.release()
+        with self._idle:
+            self.counts[outcome] += 1
+            self._in_flight -= 1
+            self._idle.notify_all()
 
-    with ThreadPoolExecutor(settings.concurrency, thread_name_prefix="sweep") as pool:
-        for entry in due_now + exact_later:
-            if entry.due_at > now_text:
-                _sleep_until(services, parse_time(entry.due_at) or started)
-            slots.acquire()
-            pool.submit(_work_safely, services, entry).add_done_callback(finished)
-    if failures:
-        raise failures[0]
+    def wait_idle(self) -> None:
+        """Returns once everything submitted has finished (and written its due-index changes
+        to the batch, which the next read sees)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _sweep(services: Services, settings: SweepSettings) -> Counter:
+    started = now = services.clock()
+    headroom = min(WINDOW_HEADROOM, settings.lookahead / 10)
+    last = started + settings.lookahead - headroom  # the latest moment this run waits for
+    seen: set[str] = set()  # row keys taken this run: none is worked twice (busy, error)
+    timed_waits = 0
+    workers = _Workers(services, settings.concurrency)
+    try:
+        while len(seen) < settings.limit:
+            # Read again each time: renewals just made, and records the API wrote meanwhile.
+            # At most `limit` entries, the ones taken already (and still there) among them.
+            try:
+                found = services.due.due(max(now, last), settings.limit)
+            except AzureError:
+                if not seen and not timed_waits:
+                    raise  # the first read: nothing was done, the run failed
+                log.warning("renewal sweep: the due index could not be read again; stopping")
+                break
+            entries = [entry for entry in found if entry.row_key not in seen]
+            now_text = format_time(now) or ""
+            ready = [entry for entry in entries if entry.due_at <= now_text]
+            timed = next((entry for entry in entries if entry.exact), None)
+            if ready:
+                for entry in ready[: settings.limit - len(seen)]:
+                    seen.add(entry.row_key)
+                    workers.submit(entry)
+                workers.wait_idle()
+            elif timed is not None:
+                timed_waits += 1
+                _sleep_until(services, parse_time(timed.due_at) or now)
+            else:
+                break
+            moment, now = now, services.clock()
+            if now > last or (not ready and now <= moment):  # the window is over, or a sleep
+                break  # that let no time pass (a clock standing still) would loop for ever
+    finally:
+        workers.close()
+    if workers.failures:
+        raise workers.failures[0]
+    counts = workers.counts
     log.info(
-        "renewal sweep: %d due, %d exact renewals ahead; %s",
-        len(due_now),
-        len(exact_later),
+        "renewal sweep: %d due, %d waits for timed renewals; %s",
+        len(seen),
+        timed_waits,
         ", ".join(f"{key}={value}" for key, value in sorted(counts.items())) or "nothing to do",
     )
     return counts

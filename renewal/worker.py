@@ -9,12 +9,13 @@ import logging
 import time
 import uuid
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from azure.core.exceptions import AzureError
 
 from connections.errors import ApiError
 from connections.lifecycle import OK, REJECTED, TRANSIENT, Outcome, record_outcome
-from connections.model import API_TOKEN, Connection, format_time
+from connections.model import API_TOKEN, Connection, format_time, parse_time
 from connections.service import Services, current_entry, flush_notices, save
 from servicenow.client import ApiTokenCredentials, Rejected, TokenGrant, Unreachable
 
@@ -24,6 +25,14 @@ LEASE = timedelta(minutes=2)
 RETRY_AFTER_STORAGE_FAULT = timedelta(minutes=1)
 CHECK_WAIT_SECONDS = 10.0
 CHECK_POLL_SECONDS = 0.1
+# Expiries are stored to the second: a handed-back token's may come out a second later.
+REUSE_TOLERANCE = timedelta(seconds=1)
+
+
+class Attempt(NamedTuple):
+    outcome: Outcome
+    expires_in: int | None = None  # of the OAuth token just stored
+    reused: bool = False  # the instance handed back the token it had already given
 
 
 class Busy(Exception):
@@ -57,10 +66,15 @@ def _secret(services: Services, connection: Connection, kind: str, pinned: bool 
     return services.secrets.get(connection.id, kind, version)
 
 
-def _store_tokens(services: Services, connection: Connection, grant: TokenGrant) -> None:
-    """The refresh token first: once the instance issued a new one, the old may be dead."""
+def _store_tokens(services: Services, connection: Connection, grant: TokenGrant) -> bool:
+    """The refresh token first: once the instance issued a new one, the old may be dead.
+
+    Returns whether the instance handed back the token it had already given: one that expires
+    no later than the stored one (comparing expiries needs no read of the old token)."""
     now = services.clock()
     expires_at = now + timedelta(seconds=grant.expires_in)
+    previous = parse_time(connection.auth.get("token_expires_at"))
+    reused = previous is not None and expires_at <= previous + REUSE_TOLERANCE
     put = services.secrets.put
     if grant.refresh_token:
         version = put(connection.tenant_id, connection.id, "refresh_token", grant.refresh_token)
@@ -70,6 +84,7 @@ def _store_tokens(services: Services, connection: Connection, grant: TokenGrant)
     )
     connection.secret_versions["access_token"] = version
     connection.auth["token_expires_at"] = format_time(expires_at)
+    return reused
 
 
 def _exchange(services: Services, connection: Connection) -> TokenGrant:
@@ -87,27 +102,25 @@ def _exchange(services: Services, connection: Connection) -> TokenGrant:
     return client.client_credentials(url, client_id, client_secret)
 
 
-def _renew_oauth(
-    services: Services, connection: Connection, probe: bool
-) -> tuple[Outcome, int | None]:
+def _renew_oauth(services: Services, connection: Connection, probe: bool) -> Attempt:
     try:
         grant = _exchange(services, connection)
     except Rejected as exc:
-        return Outcome(REJECTED, exc.message, exc.stage), None
+        return Attempt(Outcome(REJECTED, exc.message, exc.stage))
     except Unreachable as exc:
-        return Outcome(TRANSIENT, exc.message), None
-    _store_tokens(services, connection, grant)
+        return Attempt(Outcome(TRANSIENT, exc.message))
+    reused = _store_tokens(services, connection, grant)
     if not probe:
-        return Outcome(OK, "Token renewed."), grant.expires_in
+        return Attempt(Outcome(OK, "Token renewed."), grant.expires_in, reused)
     try:
         proof = services.servicenow.prove_access_token(connection.instance_url, grant)
     except Rejected as exc:
-        return Outcome(REJECTED, exc.message, exc.stage), grant.expires_in
+        return Attempt(Outcome(REJECTED, exc.message, exc.stage), grant.expires_in, reused)
     except Unreachable as exc:
         detail = f"Token renewed; the Table API did not answer properly ({exc.message})"
-        return Outcome(OK, detail), grant.expires_in
+        return Attempt(Outcome(OK, detail), grant.expires_in, reused)
     connection.capabilities = proof.capabilities
-    return Outcome(OK, "Token renewed. " + proof.detail), grant.expires_in
+    return Attempt(Outcome(OK, "Token renewed. " + proof.detail), grant.expires_in, reused)
 
 
 def _check_api_token(services: Services, connection: Connection) -> Outcome:
@@ -124,9 +137,9 @@ def _check_api_token(services: Services, connection: Connection) -> Outcome:
     return Outcome(OK, proof.detail)
 
 
-def _attempt(services: Services, connection: Connection, probe: bool) -> tuple[Outcome, int | None]:
+def _attempt(services: Services, connection: Connection, probe: bool) -> Attempt:
     if connection.method == API_TOKEN:
-        return _check_api_token(services, connection), None
+        return Attempt(_check_api_token(services, connection))
     return _renew_oauth(services, connection, probe)
 
 
@@ -150,16 +163,17 @@ def work(services: Services, connection: Connection, *, probe: bool = True) -> C
     connection = take_lease(services, connection, uuid.uuid4().hex)
     flush_notices(services, connection)
     try:
-        outcome, expires_in = _attempt(services, connection, probe)
+        attempt = _attempt(services, connection, probe)
     except AzureError:
         _release_after_fault(services, connection, previous)
         raise
     record_outcome(
         connection,
-        outcome,
+        attempt.outcome,
         services.clock(),
         services.settings,
-        expires_in=expires_in,
+        expires_in=attempt.expires_in,
+        reused=attempt.reused,
         rng=services.rng,
     )
     connection.lease_owner, connection.lease_until = "", None
@@ -173,11 +187,23 @@ def check_now(services: Services, tenant_id: str, connection_id: str) -> Connect
     try:
         return work(services, connection)
     except Busy:
-        pass
-    deadline = time.monotonic() + CHECK_WAIT_SECONDS
-    while time.monotonic() < deadline:
+        return wait_for_release(services, tenant_id, connection_id)
+
+
+def wait_for_release(
+    services: Services,
+    tenant_id: str,
+    connection_id: str,
+    timeout: float = CHECK_WAIT_SECONDS,
+) -> Connection:
+    """The record once the worker holding its lease (in this process or another) has let go
+    (or the lease has run out), or as it is after `timeout` seconds if it still holds it.
+
+    The lease holder works in real time, elsewhere: this polls on the wall clock, not on
+    `services.clock`/`services.sleep` (which a test may drive)."""
+    deadline = time.monotonic() + timeout
+    connection = services.store.get(tenant_id, connection_id)
+    while _leased_by_other(connection, "", services.clock()) and time.monotonic() < deadline:
         time.sleep(CHECK_POLL_SECONDS)  # another process may hold the lease: poll the record
         connection = services.store.get(tenant_id, connection_id)
-        if not connection.lease_owner:
-            break
     return connection

@@ -164,3 +164,22 @@ def test_changes_from_many_threads_each_keep_their_order(table):
     assert _stored(table) == new
     assert sum(table.transactions) == 400 and max(table.transactions) <= 100
     assert _each_new_entry_went_first(table, old, new)
+
+
+def test_the_batch_reads_its_own_changes_before_they_are_written(table):
+    """The sweep reads the index again within a run: it must see the entries its renewals just
+    made (and not the ones they replaced), though they are not written yet."""
+    old = _seed(table, 3)
+    batch = DueIndexBatch(DueIndex(table))  # type: ignore[arg-type]
+    soon = _entry(0, START + timedelta(seconds=45))
+    later = _entry(1, START + timedelta(hours=6))
+    batch.put(soon)
+    batch.remove(old[0])
+    batch.put(later)
+    batch.remove(old[1])
+    assert table.transactions == [] and batch.pending == 4
+    assert batch.due(START + timedelta(minutes=5), 10) == [old[2], soon]
+    assert batch.due(FAR, 10) == [old[2], soon, later]
+    assert batch.due(FAR, 2) == [old[2], soon], "still at most `limit`, earliest first"
+    batch.flush()
+    assert batch.due(FAR, 10) == _stored(table) == [old[2], soon, later]
