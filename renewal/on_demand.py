@@ -25,7 +25,6 @@ from connections.model import (
 from connections.service import Services, current_entry, save
 from renewal.worker import Busy, wait_for_release, work
 
-
 log = logging.getLogger(__name__)
 
 # A token this close to its expiry is renewed before use rather than sent and refused.
