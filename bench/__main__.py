@@ -29,6 +29,8 @@ FULL = {
     "calls": 300,
     "writes": 40,
     "imports": 15,
+    "proxy_calls": 500,
+    "proxy_load": 2000,
 }
 QUICK = {
     "sweep": 400,
@@ -40,6 +42,8 @@ QUICK = {
     "calls": 60,
     "writes": 10,
     "imports": 3,
+    "proxy_calls": 100,
+    "proxy_load": 400,
 }
 
 
@@ -62,7 +66,7 @@ def run(sizes: dict[str, int]) -> dict[str, Any]:
     started = _step(f"cold import, {sizes['imports']} fresh interpreters each")
     results["cold_import"] = coldimport.cold_import(sizes["imports"])
     with BenchEnv() as env:
-        from bench import api, sweep
+        from bench import api, proxy, sweep
         from connections.services import services
 
         app_services = services()
@@ -75,6 +79,13 @@ def run(sizes: dict[str, int]) -> dict[str, Any]:
             )
             _step("Key Vault calls per operation")
             results["vault"] = api.vault_calls_per_operation(env, client, app_services)
+            _step(
+                f"proxy: {sizes['proxy_calls']} calls each way one at a time, "
+                f"{sizes['proxy_load']} each at concurrency {proxy.CONCURRENCY}"
+            )
+            results["proxy"] = proxy.proxy_figures(
+                env, client, host, sizes["proxy_calls"], sizes["proxy_load"]
+            )
         finally:
             host.stop()
         _step(f"sweep throughput and memory: {sizes['sweep']} due OAuth connections")
@@ -90,6 +101,7 @@ def run(sizes: dict[str, int]) -> dict[str, Any]:
             env, app_services, sizes["idle"], sizes["idle_due"]
         )
     results["seconds"] = time.perf_counter() - started
+    results["machine"]["load average at end (1 / 5 / 15 min)"] = machine.load_average()
     return results
 
 

@@ -22,15 +22,24 @@ from localrun.stack import _OTHER_CREDENTIAL_VARIABLES
 
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-secret-value"  # noqa: S105 -- a stand-in's client secret
+KEEP_ALIVE_SECONDS = "240"  # Azure Load Balancer's default idle timeout: 4 minutes
 
 
 class MemoryAzurite(Azurite):
-    """Azurite that keeps its data in memory, so disk writes are not part of what is measured."""
+    """Azurite that keeps its data in memory, so disk writes are not part of what is measured.
+
+    Its idle connections are kept for minutes rather than its default 5 s, as Azure's front
+    ends keep them: with 5 s, a pooled connection the SDK reuses just as Azurite closes it
+    fails the call (`Connection reset by peer`, not retried for a POST), which a busy machine
+    made frequent enough to stop whole runs.
+    """
 
     def _command(self) -> list[str]:
         command = super()._command()
         at = command.index("--location")
-        return [*command[:at], *command[at + 2 :], "--inMemoryPersistence"]
+        kept = ["--tableKeepAliveTimeout", KEEP_ALIVE_SECONDS]
+        kept += ["--queueKeepAliveTimeout", KEEP_ALIVE_SECONDS]
+        return [*command[:at], *command[at + 2 :], "--inMemoryPersistence", *kept]
 
 
 class BenchEnv:
@@ -68,6 +77,7 @@ class BenchEnv:
             "ALLOW_LOCAL_INSTANCES": "true",
             "FUNCTIONS_WORKER_RUNTIME": "python",
             "RENEWAL_SCHEDULE": "0 */5 * * * *",
+            "TRIGGER_SCHEDULE": "*/30 * * * * *",
         }
         self._http.verify = self.environment["REQUESTS_CA_BUNDLE"]
         self._saved_environ = dict(os.environ)

@@ -27,6 +27,11 @@ def _ram_gib() -> float:
     return 0.0
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: how busy the machine was besides the run."""
+    return " / ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def describe() -> dict[str, str]:
     return {
         "CPU": _cpu_model(),
@@ -35,4 +40,5 @@ def describe() -> dict[str, str]:
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load average at start (1 / 5 / 15 min)": load_average(),
     }

@@ -6,6 +6,8 @@ from typing import Any
 IMPORT_TARGET = 1.3
 SPEEDUP_TARGET = 15.0
 LATENCY_TARGET = 2.0
+PROXY_ADDED_TARGET_MS = 3.0
+PROXY_THROUGHPUT_TARGET = 0.6
 
 
 def _ok(met: bool) -> str:
@@ -125,6 +127,31 @@ def _memory_row(sweep: dict[str, Any], heap: dict[str, Any]) -> tuple[str, bool]
     return row, met
 
 
+def _proxy_rows(proxy: dict[str, Any]) -> tuple[list[str], bool]:
+    direct, proxied, load = proxy["direct"], proxy["proxied"], proxy["throughput"]
+    added, added95 = proxied["p50"] - direct["p50"], proxied["p95"] - direct["p95"]
+    fast = added <= PROXY_ADDED_TARGET_MS
+    enough = load["ratio"] >= PROXY_THROUGHPUT_TARGET
+    vault = sum(proxy["vault"].values())
+    rows = [
+        f"| 7. proxy latency (one record) | proxied `GET .../servicenow/{proxy['record_path']}`: "
+        f"p50 **{_ms(proxied['p50'])}**, p95 {_ms(proxied['p95'])} ({proxied['n']} calls) "
+        f"| direct `requests` call to the stand-in, same record and API token, interleaved: "
+        f"p50 {_ms(direct['p50'])}, p95 {_ms(direct['p95'])} "
+        f"| **+{_ms(added)}** at p50, +{_ms(added95)} at p95 "
+        f"| ≤ +{PROXY_ADDED_TARGET_MS:.0f} ms at p50 | {_ok(fast)} |",
+        f"| 7. proxy throughput | {load['calls']:,} proxied calls at concurrency "
+        f"{load['concurrency']}: **{load['proxied']['per_second']:.0f}/s** "
+        f"| {load['calls']:,} direct calls at concurrency {load['concurrency']}: "
+        f"{load['direct']['per_second']:.0f}/s "
+        f"| **{load['ratio']:.2f}x** direct | ≥ {PROXY_THROUGHPUT_TARGET}x | {_ok(enough)} |",
+        f"| 7. Key Vault calls per proxied call | **{proxy['vault_per_call']:.2f}** ({vault} in "
+        f"{proxy['proxied_calls']:,} proxied calls on a warm worker) | — | — | 0 "
+        f"| {_ok(vault == 0)} |",
+    ]
+    return rows, fast and enough and vault == 0
+
+
 def render(results: dict[str, Any]) -> str:
     sweep, idle = results["sweep"], results["idle"]
     lines = ["# Benchmark results", ""]
@@ -145,10 +172,13 @@ def render(results: dict[str, Any]) -> str:
     import_row, _ = _import_row(results["cold_import"])
     latency_rows, _ = _latency_rows(results["latency"])
     memory_row, _ = _memory_row(sweep, results["heap"])
+    proxy_rows, _ = _proxy_rows(results["proxy"])
     vault_ops = "; ".join(f"{row['operation']} {row['total']}" for row in results["vault"])
     vault_row = f"| 5. Key Vault calls | {vault_ops} | — | see below | printed | yes |"
     lines += [*sweep_rows, idle_row, import_row, *latency_rows, vault_row, memory_row]
+    lines += proxy_rows
     lines += ["", *_sweep_detail(sweep, idle), "", *_idle_detail(idle), "", *_vault_detail(results)]
+    lines += ["", *_proxy_detail(results["proxy"])]
     return "\n".join(lines) + "\n"
 
 
@@ -232,4 +262,87 @@ def _vault_detail(results: dict[str, Any]) -> list[str]:
         "names none (one may have been stored by a renewal whose record write then failed), "
         "so no credential outlives its connection: its two calls answer 404.",
     ]
+    return lines
+
+
+def _cpu(cpu: dict[str, float]) -> str:
+    shown = ", ".join(f"{name} {value:.2f} ms" for name, value in cpu.items())
+    return f"{shown} (total {sum(cpu.values()):.2f} ms)"
+
+
+def _proxy_detail(proxy: dict[str, Any]) -> list[str]:
+    direct, proxied, load = proxy["direct"], proxy["proxied"], proxy["throughput"]
+    p50, cpu = proxy["parts"]["p50"], proxy["parts"]["cpu"]
+    added = proxied["p50"] - direct["p50"]
+    app = load["proxied"]["cpu_per_call_ms"]
+    app_ms, total_ms = app["app"], sum(app.values())
+    cores = os.cpu_count() or 1
+    needed = PROXY_THROUGHPUT_TARGET * load["direct"]["per_second"]
+    lines = [
+        "## Proxy, in detail",
+        "",
+        f"- The calls: `GET {proxy['record_path']}` of one incident ({proxy['record_bytes']} "
+        "bytes of JSON), direct to the ServiceNow stand-in with `x-sn-apikey`, proxied through "
+        "an API-token connection to it with `x-functions-key`. Both come from `bench/load.py` "
+        "in a process of its own, with the same `requests` code and a new connection per call "
+        "on both sides (the local runner closes each connection after its answer, so only the "
+        "direct side could have kept one alive); the latency calls alternate direct and proxied.",
+        f"- Where a proxied call's time goes (p50 of each part over {proxy['calls']} calls one "
+        f"at a time, timed in the app's process; the parts need not add up): total "
+        f"{p50['total']:.2f} ms = the HTTP hop to the local runner and back "
+        f"{p50['http hop']:.2f} ms + the runner's handling {p50['handler']:.2f} ms, of which "
+        f"the connection's record read from Table storage {p50['record read']:.2f} ms, the call "
+        f"to the instance (a kept-alive connection from the app's pool) "
+        f"{p50['instance call']:.2f} ms, and the rest (routing, function key, path rules, "
+        f"headers each way, the audit entry queued) {p50['rest']:.2f} ms. The direct call "
+        f"takes {direct['p50']:.2f} ms at p50 on a new connection.",
+        f"- CPU of the handling thread per proxied call (means): {cpu['handler']:.2f} ms, of "
+        f"which the record read {cpu['record read']:.2f} ms, the instance call "
+        f"{cpu['instance call']:.2f} ms, the rest {cpu['rest']:.2f} ms; the app's process in "
+        f"all (request parsing, the audit writer) {proxy['parts']['app_cpu_ms']:.2f} ms.",
+    ]
+    if added > PROXY_ADDED_TARGET_MS:
+        lines.append(
+            f"- What bounds the added time ({added:.2f} ms at p50 against "
+            f"{PROXY_ADDED_TARGET_MS:.0f} ms): the record read alone is "
+            f"{p50['record read']:.2f} ms and the runner's own HTTP hop {p50['http hop']:.2f} "
+            "ms, on a path the direct call does not take at all. Meeting it would need the "
+            "connection record from memory on a warm worker (kept briefly, as the secrets are "
+            "kept: a product change, since a status change would then take that long to stop "
+            "calls) instead of a Table storage read per call, and a cheaper front than the "
+            "local runner's werkzeug server (in Azure the Functions host is that front)."
+        )
+    lines += [
+        f"- CPU per call at concurrency {load['concurrency']}: proxied: "
+        f"{_cpu(load['proxied']['cpu_per_call_ms'])}; direct: "
+        f"{_cpu(load['direct']['cpu_per_call_ms'])} (`app` is the bench process serving the "
+        "app, idle in the direct runs; `azurite` serves the record reads and audit writes).",
+        f"- What bounds throughput here: the app's CPU runs under one GIL, so at most "
+        f"{1000 / app_ms:.0f} proxied calls/s; all processes together need {total_ms:.2f} ms "
+        f"of CPU per proxied call on {cores} cores, so at most "
+        f"{cores * 1000 / total_ms:.0f}/s. The direct calls need "
+        f"{sum(load['direct']['cpu_per_call_ms'].values()):.2f} ms in all.",
+    ]
+    if load["ratio"] < PROXY_THROUGHPUT_TARGET:
+        front = proxy["parts"]["app_cpu_ms"] - cpu["handler"]
+        lines.append(
+            f"- What {PROXY_THROUGHPUT_TARGET}x would need here: {needed:.0f} proxied calls/s, "
+            f"so at most {1000 / needed:.2f} ms of the app's CPU per call (measured "
+            f"{app_ms:.2f}) and at most {cores * 1000 / needed:.2f} ms in all processes "
+            f"together (measured {total_ms:.2f}). The proxied call does all the direct one does "
+            "(the stand-in's answer, the load generator's call) plus, in the app, what lies "
+            "outside the handling (werkzeug's server: a thread per connection, parsing the "
+            f"request, writing the answer; the audit writer: {front:.2f} ms of CPU one at a "
+            f"time), the record read ({cpu['record read']:.2f} ms) and the instance call "
+            f"({cpu['instance call']:.2f} ms), each through werkzeug, the Azure SDK or "
+            "`requests` in Python, and the audit write in Azurite. The largest parts to take "
+            "out would be the record read per call and the runner's front, as above."
+        )
+    lines.append(
+        f"- Key Vault: {sum(proxy['vault'].values())} calls ({_calls(proxy['vault'])}) in "
+        f"{proxy['proxied_calls']:,} proxied calls (latency, parts and throughput together), "
+        f"counted by the Key Vault stand-in after {proxy['warmup_rounds']} warm-up rounds: the "
+        "API token is read from "
+        "Key Vault once per secret version and then held in memory."
+    )
     return lines

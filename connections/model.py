@@ -29,6 +29,12 @@ def format_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_millis(value: datetime) -> str:
+    """RFC 3339 UTC with milliseconds: `2026-12-01T10:00:01.250Z`."""
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None

@@ -5,9 +5,7 @@ holds the case-insensitive name, so a tenant's names stay unique through entity-
 transactions.
 """
 
-import base64
 import hashlib
-import json
 from typing import Any
 
 from azure.core import MatchConditions
@@ -16,6 +14,7 @@ from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from connections import errors
 from connections.model import Connection, format_time, from_entity_columns, to_entity_columns
+from connections.paging import decode_cursor, encode_cursor
 
 CONNECTION_PREFIX = "conn-"
 NAME_PREFIX = "name-"
@@ -48,26 +47,6 @@ def _from_entity(entity: Any) -> Connection:
     return from_entity_columns(
         entity["PartitionKey"], connection_id, entity, entity.metadata.get("etag")
     )
-
-
-def _encode_cursor(token: Any) -> str | None:
-    if not token:
-        return None
-    return base64.urlsafe_b64encode(json.dumps(token).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> Any:
-    if not cursor:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        token = json.loads(base64.urlsafe_b64decode(padded))
-    except ValueError:
-        token = None
-    if not isinstance(token, dict):
-        detail = errors.FieldError("cursor", "Not a cursor this service handed out.")
-        raise errors.validation_error([detail])
-    return token
 
 
 def _transaction_error(exc: TableTransactionError) -> errors.ApiError | None:
@@ -124,10 +103,10 @@ class ConnectionStore:
         parameters = {"tenant": tenant_id, "low": CONNECTION_PREFIX, "high": "conn."}
         pages = self._table.query_entities(
             query, parameters=parameters, results_per_page=limit
-        ).by_page(continuation_token=_decode_cursor(cursor))
+        ).by_page(continuation_token=decode_cursor(cursor))
         page = next(pages, [])
         connections = [_from_entity(entity) for entity in page]
-        return connections, _encode_cursor(pages.continuation_token)
+        return connections, encode_cursor(pages.continuation_token)
 
     def replace(self, connection: Connection, previous_name: str) -> Connection:
         """Writes the connection if its ETag still matches; moves its name entry on a rename."""

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import urllib.parse
 from pathlib import Path
 
 from localrun.azurite import free_ports
@@ -24,6 +25,7 @@ STATE_DIR_SETTING = "LOCAL_STATE_DIR"
 DEFAULT_SERVICENOW_PORT = 8081
 DEMO_CLIENT_ID = "automate365-demo"
 DEMO_TENANT = "contoso"
+DEMO_QUERY = "variables.team_name=Marketing"
 
 
 def _free_or_default(ports: tuple[int, ...]) -> tuple[int, ...]:
@@ -47,11 +49,38 @@ def _seed_demo(stack: LocalStack) -> dict[str, str]:
 
 
 def _curl(host: LocalHost, method: str, path: str, body: dict | None = None) -> str:
-    parts = [f"curl -s -X {method} -H 'x-functions-key: {host.keys.function_key}'"]
+    parts = [f"curl -s -w '\\n' -X {method} -H 'x-functions-key: {host.keys.function_key}'"]
     if body is not None:
         parts.append("-H 'Content-Type: application/json' -d '" + json.dumps(body) + "'")
-    parts.append(f"{host.url}{path}")
+    parts.append(f'"{host.url}{path}"')
     return " \\\n    ".join(parts)
+
+
+def _demo_request(stack: LocalStack) -> str:
+    """The sys_id of the stand-in's catalog request for a new Marketing team."""
+    found = stack.servicenow.state.list_records("sc_req_item", DEMO_QUERY, limit=1)
+    return found["records"][0]["sys_id"]
+
+
+def _proxy_steps(host: LocalHost, stack: LocalStack) -> list[tuple[str, str]]:
+    """An automation reads the request that started a workspace and writes the result back."""
+    proxy = f"/api/tenants/{DEMO_TENANT}/connections/$CONN/servicenow"
+    fields = "sys_id,number,short_description,requested_for,variables.team_name"
+    query = f"sysparm_query={urllib.parse.quote(DEMO_QUERY)}&sysparm_fields={fields}"
+    item = f"{proxy}/api/now/table/sc_req_item/{_demo_request(stack)}"
+    note = {"work_notes": "Microsoft 365 team created: Marketing"}
+    return [
+        (
+            "An automation reads the catalog request through the connection (the proxy adds "
+            "the API token; the automation never sees it)",
+            _curl(host, "GET", f"{proxy}/api/now/table/sc_req_item?{query}"),
+        ),
+        ("...and writes a work note back on it", _curl(host, "PATCH", item, note)),
+        (
+            "Every call made through the connection, newest first",
+            _curl(host, "GET", f"/api/tenants/{DEMO_TENANT}/connections/$CONN/calls"),
+        ),
+    ]
 
 
 def _quick_start(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> str:
@@ -82,14 +111,17 @@ def _quick_start(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> st
         f"{host.url}/admin/functions/renewal_sweep -w '%{{http_code}}\\n'"
     )
     steps = [
-        ("Liveness (no key needed)", f"curl -s {host.url}/api/health"),
+        ("Liveness (no key needed)", f"curl -s -w '\\n' {host.url}/api/health"),
         (
             "The connection types the 'Create connection +' pop-up is drawn from",
             _curl(host, "GET", "/api/connection-types"),
         ),
         (
-            "Create an API-token connection to the bundled ServiceNow stand-in",
-            _curl(host, "POST", base, api_token),
+            "Create an API-token connection to the bundled ServiceNow stand-in; keep its id",
+            "CONN=$("
+            + _curl(host, "POST", base, api_token)
+            + " \\\n    | python3 -c 'import json, sys; print(json.load(sys.stdin)[\"id\"])')"
+            + "; echo $CONN",
         ),
         ("Create an OAuth 2.0 connection", _curl(host, "POST", base, oauth)),
         ("List them: both 'connected'", _curl(host, "GET", base)),
@@ -97,6 +129,7 @@ def _quick_start(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> st
             "A wrong client secret: 422 credentials_rejected, saying what to check",
             _curl(host, "POST", base, wrong),
         ),
+        *_proxy_steps(host, stack),
         ("Run the renewal sweep now (master key; answers 202)", admin),
     ]
     return "\n\n".join(f"# {title}\n{command}" for title, command in steps)
@@ -113,6 +146,7 @@ def _banner(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> str:
         f"  ServiceNow         {stack.servicenow.url}  (control API: /_control/...)",
         f"  Key Vault          {stack.keyvault.url}",
         f"  Notice webhook     {stack.webhook.url}  (received: /_control/received)",
+        f"  Event webhook      {stack.event_webhook.url}  (received: /_control/received)",
         f"  Microsoft Graph    {stack.graph.url}  (mails: /_control/mails)",
         f"  Azurite (tables)   {stack.azurite.host}:{stack.azurite.table_port}",
         "",

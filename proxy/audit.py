@@ -15,6 +15,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -165,16 +166,15 @@ class CallLog:
                 operations = [("upsert", entity) for entity in entities]
                 self._service.get_table_client(table).submit_transaction(operations)
                 return
-            except ResourceNotFoundError:
-                self._tables.discard(table)  # dropped meanwhile: make it again
-            except AzureError as exc:
+            except AzureError as exc:  # the table may have been dropped meanwhile: make it again
+                self._tables.discard(table)
                 log.warning(
                     "proxy audit: %d entries not written yet (%s, try %d)",
                     len(entities),
                     type(exc).__name__,
                     attempt,
                 )
-                threading.Event().wait(min(2.0**attempt * 0.1, 2.0))
+                time.sleep(min(2.0**attempt * 0.1, 2.0))
         log.error("proxy audit: %d entries could not be written and are lost", len(entities))
 
     def _ensure_table(self, table: str) -> None:

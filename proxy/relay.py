@@ -6,8 +6,9 @@ import email.utils
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
+
+from servicenow.credentials import Credential
 
 FORWARDED_REQUEST_HEADERS = ("Accept", "Content-Type", "X-no-response-body")
 RELAYED_RESPONSE_HEADERS = (
@@ -18,38 +19,10 @@ RELAYED_RESPONSE_HEADERS = (
     "X-RateLimit-Reset",
     "X-RateLimit-Rule",
 )
-# The function key (?code=), and the default API key parameter whatever the connection's method:
-# a caller never brings credentials of its own.
-ALWAYS_DROPPED_PARAMETERS = ("code", "x-sn-apikey")
 RELAYED_FROM = ("X-Relayed-From", "servicenow")
 MAX_QUERY_LENGTH = 4096
 _LINK_PART = re.compile(r"<([^>]*)>([^,]*)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True)
-class Credential:
-    """The connection's credential as it goes on the wire, and the names a caller may not set."""
-
-    headers: dict[str, str] = field(default_factory=dict)
-    query: tuple[str, str] | None = None
-    parameter_name: str = ""
-
-    def dropped_parameters(self) -> set[str]:
-        names = {name.lower() for name in ALWAYS_DROPPED_PARAMETERS}
-        if self.parameter_name:
-            names.add(self.parameter_name.lower())
-        return names
-
-
-def api_token_credential(token: str, parameter_name: str, parameter_type: str) -> Credential:
-    if parameter_type == "query":
-        return Credential(query=(parameter_name, token), parameter_name=parameter_name)
-    return Credential(headers={parameter_name: token}, parameter_name=parameter_name)
-
-
-def bearer_credential(access_token: str) -> Credential:
-    return Credential(headers={"Authorization": f"Bearer {access_token}"})
 
 
 def filtered_query(raw_query: str, dropped: set[str]) -> str:

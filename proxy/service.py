@@ -5,19 +5,16 @@ made for a connection that exists."""
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from connections import errors
 from connections.errors import ApiError
-from connections.model import API_TOKEN, Connection, format_time
+from connections.model import API_TOKEN, Connection, format_millis
 from connections.service import Services
 from proxy.audit import CallEntry, CallLog
 from proxy.paths import check_path
 from proxy.relay import (
-    Credential,
-    api_token_credential,
-    bearer_credential,
     filtered_query,
     outbound_headers,
     outbound_url,
@@ -26,7 +23,8 @@ from proxy.relay import (
     retry_after_seconds,
 )
 from proxy.settings import ProxySettings
-from renewal.on_demand import check_rejected, renew_rejected, token_usable, unusable_reason
+from renewal.on_demand import Usage, call_with
+from servicenow.credentials import Credential
 from servicenow.outbound import OutboundError, OutboundResponse, safe_request
 
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
@@ -63,28 +61,26 @@ class ProxyAnswer:
 
 
 @dataclass
-class _Trace:
-    retries: int = 0
-    renewed: bool = False
-
-
-@dataclass
 class _Call:
     proxy: Proxy
     request: ProxyRequest
-    connection: Connection
-    trace: _Trace = field(default_factory=_Trace)
+    usage: Usage
+    retries: int = 0  # after a 429 or 503
 
     @property
     def services(self) -> Services:
         return self.proxy.services
+
+    @property
+    def connection(self) -> Connection:
+        return self.usage.connection
 
 
 def call(proxy: Proxy, tenant_id: str, connection_id: str, request: ProxyRequest) -> ProxyAnswer:
     """The instance's answer to relay; raises ApiError for an answer the service makes itself."""
     connection = proxy.services.store.get(tenant_id, connection_id)
     started, started_at = proxy.monotonic(), proxy.services.clock()
-    current = _Call(proxy, request, connection)
+    current = _Call(proxy, request, Usage(connection))
     try:
         answer = _call(current)
     except ApiError as exc:
@@ -95,76 +91,11 @@ def call(proxy: Proxy, tenant_id: str, connection_id: str, request: ProxyRequest
 
 
 def _call(current: _Call) -> ProxyAnswer:
-    settings, request = current.proxy.settings, current.request
-    check_path(request.path, settings.allowed_paths)
-    reason = unusable_reason(current.connection, current.services.clock())
-    if reason:
-        raise errors.connection_unusable(reason)
-    if current.connection.method == API_TOKEN:
-        response, credential = _call_with_api_token(current)
-    else:
-        response, credential = _call_with_oauth(current)
+    check_path(current.request.path, current.proxy.settings.allowed_paths)
+    response, credential = call_with(
+        current.services, current.usage, lambda credential: _send(current, credential)
+    )
     return _relay(current, response, credential)
-
-
-def _call_with_api_token(current: _Call) -> tuple[OutboundResponse, Credential]:
-    connection = current.connection
-    token = current.services.secrets.get(
-        connection.id, "api_token", connection.secret_versions.get("api_token")
-    )
-    auth = connection.auth
-    credential = api_token_credential(token, auth["parameter_name"], auth["parameter_type"])
-    response = _send(current, credential)
-    if response.status_code == 401:
-        check_rejected(current.services, connection)
-    return response, credential
-
-
-def _call_with_oauth(current: _Call) -> tuple[OutboundResponse, Credential]:
-    services, connection = current.services, current.connection
-    if not token_usable(connection, services.clock()):
-        connection = _renew(current, connection.secret_versions.get("access_token"))
-        if not token_usable(connection, services.clock()):
-            raise _not_renewed(connection, services.clock())
-    version = connection.secret_versions["access_token"]
-    credential = bearer_credential(services.secrets.get(connection.id, "access_token", version))
-    response = _send(current, credential)
-    if response.status_code != 401:
-        return response, credential
-    renewed = _renew(current, version, refused=True)
-    new_version = renewed.secret_versions.get("access_token")
-    if new_version == version or not token_usable(renewed, services.clock()):
-        reason = unusable_reason(renewed, services.clock())
-        if reason:
-            raise errors.connection_unusable(reason)
-        return response, credential
-    credential = bearer_credential(services.secrets.get(renewed.id, "access_token", new_version))
-    current.trace.retries += 1
-    response = _send(current, credential)
-    if response.status_code == 401:
-        check_rejected(services, renewed)
-    return response, credential
-
-
-def _renew(current: _Call, rejected_version: str | None, *, refused: bool = False) -> Connection:
-    connection = current.connection
-    renewed = renew_rejected(
-        current.services, connection.tenant_id, connection.id, rejected_version, refused=refused
-    )
-    if renewed.secret_versions.get("access_token") != rejected_version:
-        current.trace.renewed = True
-    current.connection = renewed
-    return renewed
-
-
-def _not_renewed(connection: Connection, now: datetime) -> ApiError:
-    reason = unusable_reason(connection, now)
-    if reason:
-        return errors.connection_unusable(reason)
-    return errors.instance_unreachable(
-        "The connection's access token has expired and could not be renewed just now "
-        f"({connection.status_detail}). Try again shortly."
-    )
 
 
 def _send(current: _Call, credential: Credential) -> OutboundResponse:
@@ -177,7 +108,7 @@ def _send(current: _Call, credential: Credential) -> OutboundResponse:
     if wait is None or wait > settings.max_retry_wait:
         return response
     current.services.sleep(wait)
-    current.trace.retries += 1
+    current.retries += 1
     return _send_once(current, credential)
 
 
@@ -229,7 +160,7 @@ def _audit(
     request, connection = current.request, current.connection
     dropped = api_token_dropped(connection)
     entry = CallEntry(
-        at=_millis(started_at),
+        at=format_millis(started_at),
         method=request.method,
         path="/" + _UNPRINTABLE.sub("", request.path)[:MAX_AUDIT_PATH],
         query=redacted_query(request.query, dropped),
@@ -237,8 +168,8 @@ def _audit(
         duration_ms=int((current.proxy.monotonic() - started) * 1000),
         bytes_in=len(request.body),
         bytes_out=bytes_out,
-        retries=current.trace.retries,
-        renewed=current.trace.renewed,
+        retries=current.retries + current.usage.retries,
+        renewed=current.usage.renewed,
         relayed=error_code is None,
         automation_id=clean_automation_id(request.automation_id),
         error_code=error_code,
@@ -256,8 +187,3 @@ def clean_automation_id(value: str | None) -> str | None:
         return None
     cleaned = _UNPRINTABLE.sub("", value).strip()[:MAX_AUTOMATION_ID]
     return cleaned or None
-
-
-def _millis(moment: datetime) -> str:
-    text = format_time(moment) or ""
-    return text[:-1] + f".{moment.microsecond // 1000:03d}Z"

@@ -1,17 +1,21 @@
-"""Renewing or checking a connection because a call just failed with it (the proxy, triggers).
+"""Calling an instance with a connection's credentials, and renewing or checking the connection
+because a call just failed with it (the proxy, the trigger polls).
 
-Both go through the same lease as the sweep and the API's check, and both first look whether
-someone already did the work since the failing call read the record, so a burst of failing
-calls (in this process or in others) makes one exchange and one check, not one per call.
+Renewals and checks go through the same lease as the sweep and the API's check, and first look
+whether someone already did the work since the failing call read the record, so a burst of
+failing calls (in this process or in others) makes one exchange and one check, not one per call.
 """
 
 import logging
 import threading
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from azure.core.exceptions import AzureError
 
+from connections import errors
 from connections.errors import ApiError
 from connections.model import (
     API_TOKEN,
@@ -24,6 +28,8 @@ from connections.model import (
 )
 from connections.service import Services, current_entry, save
 from renewal.worker import Busy, wait_for_release, work
+from servicenow.credentials import Credential, api_token_credential, bearer_credential
+from servicenow.outbound import OutboundResponse
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +122,97 @@ def check_rejected(services: Services, seen: Connection) -> Connection | None:
         except (ApiError, AzureError) as exc:
             log.warning("connection %s: check after a 401 failed: %s", seen.id, type(exc).__name__)
             return None
+
+
+# -- calling with the connection's credentials ------------------------------------------------
+
+Send = Callable[[Credential], OutboundResponse]
+
+
+@dataclass
+class Usage:
+    """What a call with the connection took: the connection as it then is, whether its token
+    was renewed, and how many times the request was sent again after a 401."""
+
+    connection: Connection
+    renewed: bool = False
+    retries: int = 0
+
+
+def call_with(services: Services, usage: Usage, send: Send) -> tuple[OutboundResponse, Credential]:
+    """`send(credential)` with the connection's credential. OAuth 2.0: an expiring token is
+    renewed first, and a 401 renews it and sends once more. A 401 that stays (or an API token's)
+    is returned, after a check of the connection. ApiError 409 `connection_unusable` when the
+    credentials are known not to work, without calling `send`. `usage` tells what it took, also
+    when it raises."""
+    reason = unusable_reason(usage.connection, services.clock())
+    if reason:
+        raise errors.connection_unusable(reason)
+    if usage.connection.method == API_TOKEN:
+        return _with_api_token(services, usage, send)
+    return _with_oauth(services, usage, send)
+
+
+def _with_api_token(
+    services: Services, usage: Usage, send: Send
+) -> tuple[OutboundResponse, Credential]:
+    connection = usage.connection
+    version = connection.secret_versions.get("api_token")
+    token = services.secrets.get(connection.id, "api_token", version)
+    auth = connection.auth
+    credential = api_token_credential(token, auth["parameter_name"], auth["parameter_type"])
+    response = send(credential)
+    if response.status_code == 401:
+        usage.connection = check_rejected(services, connection) or connection
+    return response, credential
+
+
+def _with_oauth(
+    services: Services, usage: Usage, send: Send
+) -> tuple[OutboundResponse, Credential]:
+    connection = usage.connection
+    if not token_usable(connection, services.clock()):
+        connection = _renew(services, usage, connection.secret_versions.get("access_token"))
+        if not token_usable(connection, services.clock()):
+            raise _not_renewed(connection, services.clock())
+    version = connection.secret_versions["access_token"]
+    credential = bearer_credential(services.secrets.get(connection.id, "access_token", version))
+    response = send(credential)
+    if response.status_code != 401:
+        return response, credential
+    renewed = _renew(services, usage, version, refused=True)
+    new_version = renewed.secret_versions.get("access_token")
+    if new_version == version or not token_usable(renewed, services.clock()):
+        reason = unusable_reason(renewed, services.clock())
+        if reason:
+            raise errors.connection_unusable(reason)
+        return response, credential
+    credential = bearer_credential(services.secrets.get(renewed.id, "access_token", new_version))
+    usage.retries += 1
+    response = send(credential)
+    if response.status_code == 401:
+        usage.connection = check_rejected(services, renewed) or renewed
+    return response, credential
+
+
+def _renew(
+    services: Services, usage: Usage, rejected_version: str | None, *, refused: bool = False
+) -> Connection:
+    connection = usage.connection
+    renewed = renew_rejected(
+        services, connection.tenant_id, connection.id, rejected_version, refused=refused
+    )
+    if renewed.secret_versions.get("access_token") != rejected_version:
+        usage.renewed = True
+    usage.connection = renewed
+    return renewed
+
+
+def _not_renewed(connection: Connection, now: datetime) -> ApiError:
+    reason = unusable_reason(connection, now)
+    if reason:
+        return errors.connection_unusable(reason)
+    return errors.instance_unreachable(
+        "The connection's access token has expired and could not be renewed just now "
+        f"({connection.status_detail}). Try again shortly."
+    )

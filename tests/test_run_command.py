@@ -3,7 +3,6 @@
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -81,20 +80,36 @@ def test_run_command_serves_everything_and_stops_cleanly(tmp_path, stack):
         assert requests.get(types_url, timeout=10).status_code == 401
         key = {"x-functions-key": "run-function-key"}
         assert requests.get(types_url, headers=key, timeout=10).status_code == 200
-        create = json.loads(re.search(r"-d '(\{\"type.*?API token.*?\})'", banner).group(1))
-        created = requests.post(
-            f"{base}/api/tenants/contoso/connections", json=create, headers=key, timeout=30
+        quick_start = banner.split("Quick start (copy and paste):", 1)[1].split(READY_LINE)[0]
+        ran = subprocess.run(  # noqa: S603 -- the banner's own commands, on loopback
+            ["bash", "-euo", "pipefail", "-c", quick_start],  # noqa: S607
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
-        assert created.status_code == 201, created.text
-        assert created.json()["status"] == "connected"
-        admin = requests.post(
-            f"{base}/admin/functions/renewal_sweep",
-            json={"input": ""},
-            headers={"x-functions-key": "run-master-key"},
-            timeout=10,
-        )
-        assert admin.status_code == 202
+        assert ran.returncode == 0, ran.stderr
+        _assert_quick_start_worked(ran.stdout)
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     assert _processes_mentioning(str(tmp_path)) == []
+
+
+def _assert_quick_start_worked(output: str) -> None:
+    """What the quick start shows: both connections connected, the wrong secret refused, the
+    catalog request read and its work note written through the proxy, the calls listed, and
+    the sweep started."""
+    documents = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    created = [d for d in documents if d.get("type") == "servicenow"]  # the API token's id is kept
+    assert [c["status"] for c in created] == ["connected"]
+    listed = next(d for d in documents if d.get("items") and "status" in d["items"][0])
+    assert [item["status"] for item in listed["items"]] == ["connected", "connected"]
+    assert next(d for d in documents if "error" in d)["error"]["code"] == "credentials_rejected"
+    read, written = [d["result"] for d in documents if "result" in d]
+    assert read[0]["variables.team_name"] == "Marketing"
+    assert read[0]["number"].startswith("RITM")
+    assert written["sys_mod_count"] == "1" and written["sys_id"] == read[0]["sys_id"]
+    calls = next(d for d in documents if d.get("items") and "method" in d["items"][0])
+    assert [(c["method"], c["status"]) for c in calls["items"]] == [("PATCH", 200), ("GET", 200)]
+    assert output.rstrip().endswith("202")
