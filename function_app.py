@@ -9,8 +9,12 @@ import azure.functions as func
 from connections.api import bp as connections_api
 from proxy.api import bp as proxy_api
 from renewal.triggers import bp as renewal_triggers
+from triggers.api import bp as triggers_api
+from triggers.functions import bp as trigger_functions
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(connections_api)
 app.register_functions(proxy_api)
 app.register_functions(renewal_triggers)
+app.register_functions(triggers_api)
+app.register_functions(trigger_functions)

@@ -33,10 +33,14 @@ TRANSACTION_LIMIT = 100  # operations in one entity-group transaction
 
 @dataclass(frozen=True)
 class DueEntry:
+    """`connection_id` is the id of what is due: a connection, or in `triggerdue` a trigger
+    (whose polling `interval` in seconds the entry also holds, so the dispatcher can move it)."""
+
     due_at: str
     tenant_id: str
     connection_id: str
     exact: bool = False
+    interval: int = 0
 
     @property
     def row_key(self) -> str:
@@ -51,7 +55,10 @@ Change = tuple[Literal["put", "remove"], DueEntry]
 
 
 def to_entity(entry: DueEntry) -> dict[str, Any]:
-    return {"PartitionKey": PARTITION, "RowKey": entry.row_key, "Exact": entry.exact}
+    entity = {"PartitionKey": PARTITION, "RowKey": entry.row_key, "Exact": entry.exact}
+    if entry.interval:
+        entity["Interval"] = entry.interval
+    return entity
 
 
 class DueIndex:
@@ -87,7 +94,8 @@ class DueIndex:
             query, parameters=parameters, results_per_page=min(limit, 1000)
         ):
             due_at, tenant_id, connection_id = entity["RowKey"].split("|")
-            entries.append(DueEntry(due_at, tenant_id, connection_id, bool(entity.get("Exact"))))
+            exact, interval = bool(entity.get("Exact")), int(entity.get("Interval") or 0)
+            entries.append(DueEntry(due_at, tenant_id, connection_id, exact, interval))
             if len(entries) >= limit:
                 break
         return entries

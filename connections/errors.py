@@ -32,8 +32,8 @@ def invalid_json(message: str) -> ApiError:
     return ApiError(400, "invalid_json", message)
 
 
-def not_found() -> ApiError:
-    return ApiError(404, "not_found", "No such connection for this tenant.")
+def not_found(message: str = "No such connection for this tenant.") -> ApiError:
+    return ApiError(404, "not_found", message)
 
 
 def name_taken(name: str) -> ApiError:
@@ -99,3 +99,16 @@ def response_too_large(message: str) -> ApiError:
 
 def instance_timeout(message: str) -> ApiError:
     return ApiError(504, "instance_timeout", message)
+
+
+def query_rejected(message: str) -> ApiError:
+    return ApiError(
+        422,
+        "query_rejected",
+        message,
+        [FieldError("query", "The instance refused the trigger's table or query.")],
+    )
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message)

@@ -56,6 +56,9 @@ ERROR_CODES = [
     "connection_unusable",
     "response_too_large",
     "instance_timeout",
+    "query_rejected",
+    "unauthorized",
+    "trigger_paused",
 ]
 
 SECURITY_SCHEMES = {
@@ -678,12 +681,14 @@ def _paths() -> Schema:
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     from proxy import openapi as proxy_openapi
+    from triggers import openapi as triggers_openapi
 
     schemas = {
         **_connection_schemas(),
         **_catalogue_schemas(),
         **_other_schemas(),
         **proxy_openapi.schemas(),
+        **triggers_openapi.schemas(),
     }
     return {
         "openapi": "3.1.0",
@@ -694,12 +699,16 @@ def openapi_document() -> dict[str, Any]:
             "description": API_DESCRIPTION,
         },
         "servers": [{"url": "/api"}],
-        "paths": {**_paths(), **proxy_openapi.paths()},
+        "paths": {**_paths(), **proxy_openapi.paths(), **triggers_openapi.paths()},
         "components": {
             "schemas": schemas,
             "responses": dict(ERROR_RESPONSES.values()),
-            "parameters": {**PARAMETERS, **proxy_openapi.parameters()},
-            "headers": {**HEADERS, **proxy_openapi.headers()},
+            "parameters": {
+                **PARAMETERS,
+                **proxy_openapi.parameters(),
+                **triggers_openapi.parameters(),
+            },
+            "headers": {**HEADERS, **proxy_openapi.headers(), **triggers_openapi.headers()},
             "securitySchemes": SECURITY_SCHEMES,
         },
     }

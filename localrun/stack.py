@@ -15,7 +15,7 @@ from localrun import tls
 from localrun.azurite import Azurite, free_ports
 from localrun.standins.identity import IdentityStandIn
 from localrun.standins.keyvault import KeyVaultStandIn
-from localrun.standins.receivers import GraphStandIn, WebhookReceiver
+from localrun.standins.receivers import EventReceiver, GraphStandIn, WebhookReceiver
 from localrun.standins.servicenow import ServiceNowStandIn
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class LocalStack:
         self._servicenow_port = servicenow_port
         self.webhook_secret = secrets.token_urlsafe(24)
         self.webhook = WebhookReceiver(self.webhook_secret)
+        self.event_webhook_secret = secrets.token_urlsafe(24)
+        self.event_webhook = EventReceiver(self.event_webhook_secret)
         self.graph_secret = secrets.token_urlsafe(24)
         self.graph = GraphStandIn(
             GRAPH_TENANT_ID, GRAPH_CLIENT_ID, self.graph_secret, self.cert_dir
@@ -72,11 +74,20 @@ class LocalStack:
         self.keyvault.start()
         self.servicenow.start(self._servicenow_port)
         self.webhook.start()
+        self.event_webhook.start()
         self.graph.start()
         return self
 
     def stop(self) -> None:
-        for part in (self.graph, self.webhook, self.servicenow, self.keyvault, self.identity):
+        parts = (
+            self.graph,
+            self.event_webhook,
+            self.webhook,
+            self.servicenow,
+            self.keyvault,
+            self.identity,
+        )
+        for part in parts:
             part.stop()
         if self._own_azurite:
             self.azurite.stop()
@@ -94,8 +105,11 @@ class LocalStack:
             "AzureWebJobsStorage": self.azurite.connection_string,
             "KEY_VAULT_URL": self.keyvault.url,
             "RENEWAL_SCHEDULE": "0 */5 * * * *",
+            "TRIGGER_SCHEDULE": "*/30 * * * * *",
             "NOTIFY_WEBHOOK_URL": self.webhook.url,
             "NOTIFY_WEBHOOK_SECRET": self.webhook_secret,
+            "EVENTS_WEBHOOK_URL": self.event_webhook.url,
+            "EVENTS_WEBHOOK_SECRET": self.event_webhook_secret,
             "GRAPH_TENANT_ID": GRAPH_TENANT_ID,
             "GRAPH_CLIENT_ID": GRAPH_CLIENT_ID,
             "GRAPH_CLIENT_SECRET": self.graph_secret,

@@ -1,4 +1,9 @@
-"""Delivers one connection notice: a signed webhook POST, then an e-mail through Microsoft Graph.
+"""Delivers one notice: a signed webhook POST, then an e-mail through Microsoft Graph.
+
+Notices are about a connection (`invalid_credentials`, ..., `restored`) or about one of its
+triggers (`trigger_failing`, `trigger_restored`: the body also carries `trigger_id` and
+`trigger_name`, and `status` is the trigger's). Both go through the same channels; the webhook
+body is the notice as queued, extra fields included.
 
 A channel that is not configured is skipped with one log line. A configured channel that fails
 raises `DeliveryError`, so the queue retries the message (and poisons it after 5 tries).
@@ -41,6 +46,8 @@ NOTICE_FIELDS = (
     "occurred_at",
 )
 REQUIRED_NON_EMPTY = ("notice_id", "event", "tenant_id", "connection_id")
+TRIGGER_EVENTS = ("trigger_failing", "trigger_restored")
+TRIGGER_FIELDS = ("trigger_id", "trigger_name")
 
 
 class DeliveryError(Exception):
@@ -99,6 +106,19 @@ EVENT_TEXTS: dict[str, EventText] = {
         "connection restored",
         "Nothing to do: the connection works again.",
     ),
+    "trigger_failing": EventText(
+        "trigger failing",
+        "The trigger stopped turning ServiceNow records into events: the instance refuses its "
+        "table or query. Fix what the detail above says: in ServiceNow (for example the "
+        "integration user's read access to the table: an ACL or a role), or by editing the "
+        f"trigger's table or query in {APP_PATH} (try the query in a list view of the table "
+        "first). The trigger keeps polling, resumes where it stopped once the instance accepts "
+        "it, and sends a 'trigger restored' notice then.",
+    ),
+    "trigger_restored": EventText(
+        "trigger restored",
+        "Nothing to do: the trigger polls again and resumes where it stopped.",
+    ),
 }
 
 
@@ -135,7 +155,17 @@ def parse_message(message: Any) -> tuple[dict[str, Any], list[str]]:
             raise InvalidNotice(f"notice field '{name}' is empty")
     if notice["event"] not in EVENT_TEXTS:
         raise InvalidNotice(f"unknown notice event {notice['event']!r}")
+    if is_trigger_notice(notice):
+        for name in TRIGGER_FIELDS:
+            if not isinstance(notice.get(name), str):
+                raise InvalidNotice(f"notice field '{name}' is missing or not a string")
+        if not notice["trigger_id"].strip():
+            raise InvalidNotice("notice field 'trigger_id' is empty")
     return notice, _recipients(message.get("recipients"))
+
+
+def is_trigger_notice(notice: dict[str, Any]) -> bool:
+    return notice["event"] in TRIGGER_EVENTS
 
 
 def _recipients(value: Any) -> list[str]:
@@ -350,10 +380,19 @@ def mail_payload(notice: dict[str, Any], recipients: list[str]) -> dict[str, Any
 
 def mail_subject(notice: dict[str, Any]) -> str:
     name = " ".join(notice["connection_name"].split()) or notice["connection_id"]
-    return f"Automate365 connection '{name}': {EVENT_TEXTS[notice['event']].title}"
+    title = EVENT_TEXTS[notice["event"]].title
+    if is_trigger_notice(notice):
+        return f"Automate365 trigger '{_trigger_name(notice)}' of connection '{name}': {title}"
+    return f"Automate365 connection '{name}': {title}"
+
+
+def _trigger_name(notice: dict[str, Any]) -> str:
+    return " ".join(notice["trigger_name"].split()) or notice["trigger_id"]
 
 
 def mail_text(notice: dict[str, Any]) -> str:
+    if is_trigger_notice(notice):
+        return _trigger_mail_text(notice)
     text = EVENT_TEXTS[notice["event"]]
     return "\n".join(
         [
@@ -365,6 +404,32 @@ def mail_text(notice: dict[str, Any]) -> str:
             f"Connection ID: {notice['connection_id']}",
             f"Event:         {notice['event']}",
             f"Status:        {notice['status']}",
+            f"Detail:        {notice.get('detail') or '-'}",
+            f"When:          {notice['occurred_at']}",
+            "",
+            "What to do:",
+            text.what_to_do,
+            "",
+            f"Notice ID: {notice['notice_id']}",
+        ]
+    )
+
+
+def _trigger_mail_text(notice: dict[str, Any]) -> str:
+    text = EVENT_TEXTS[notice["event"]]
+    return "\n".join(
+        [
+            f"Automate365 trigger '{_trigger_name(notice)}' of connection "
+            f"'{notice['connection_name']}': {text.title}.",
+            "",
+            f"Trigger:       {notice['trigger_name']}",
+            f"Trigger ID:    {notice['trigger_id']}",
+            f"Connection:    {notice['connection_name']}",
+            f"Instance:      {notice['instance_url']}",
+            f"Tenant:        {notice['tenant_id']}",
+            f"Connection ID: {notice['connection_id']}",
+            f"Event:         {notice['event']}",
+            f"Status:        {notice['status']} (the trigger's)",
             f"Detail:        {notice.get('detail') or '-'}",
             f"When:          {notice['occurred_at']}",
             "",

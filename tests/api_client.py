@@ -17,6 +17,12 @@ def _template(path: str) -> str:
         parts[4] = "{connection_id}"
     if len(parts) > 5 and parts[5] == "servicenow":
         parts[6:] = ["{path}"]
+    if len(parts) > 6 and parts[5] == "triggers":
+        parts[6] = "{trigger_id}"
+    if len(parts) > 8 and parts[5] == "triggers" and parts[7] == "events":
+        parts[8] = "{event_id}"
+    if len(parts) > 3 and parts[1:3] == ["hooks", "triggers"]:
+        parts[3] = "{trigger_id}"
     return "/".join(parts)
 
 

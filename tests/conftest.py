@@ -58,6 +58,8 @@ def _clear_client_caches() -> None:
     from connections import clients, services
     from proxy import api as proxy_api
     from proxy.settings import proxy_settings
+    from triggers.services import trigger_services
+    from triggers.settings import trigger_settings
 
     cached_clients = (
         clients.credential,
@@ -71,6 +73,8 @@ def _clear_client_caches() -> None:
     services.services.cache_clear()
     proxy_api._proxy.cache_clear()
     proxy_settings.cache_clear()
+    trigger_services.cache_clear()
+    trigger_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,14 @@
 
 Everything the suite sees is captured: every log record of every logger at DEBUG (with its
 traceback, so exception text too), every response the tests' API clients and the fuzzer receive,
-every notice the webhook receiver and the Graph stand-in got, and what pytest reports (failures'
-exception text, captured stdout and stderr). The secret values are every value the
-session's stand-ins hold as a secret (Key Vault secrets, ServiceNow client secrets, API keys and
-the access and refresh tokens it issued, the webhook and Graph secrets) plus what tests register
-with `register_secret`. After each test its captures are scanned for every secret known by then
-(a leak fails that test's teardown); at the end of the session everything captured is scanned
-again for every secret known at the end, so a value learnt late is still checked everywhere.
+every notice the webhook receiver and the Graph stand-in got, every event the event receiver got,
+and what pytest reports (failures' exception text, captured stdout and stderr). The secret values
+are every value the session's stand-ins hold as a secret (Key Vault secrets, ServiceNow client
+secrets, API keys and the access and refresh tokens it issued, the notice and event webhook
+secrets and the Graph secret) plus what tests register with `register_secret`. After each test
+its captures are scanned for every secret known by then (a leak fails that test's teardown); at
+the end of the session everything captured is scanned again for every secret known at the end,
+so a value learnt late is still checked everywhere.
 """
 
 import json
@@ -44,9 +45,29 @@ def capture(where: str, text: str) -> None:
 
 
 def capture_response(response: Any) -> None:
-    """A `requests` response: its status, headers and body."""
+    """A `requests` response: its status, headers and body. A trigger's push secret in the
+    answer to its create or its rotation is where the contract shows it (once): there it is
+    masked, and registered, so it is found anywhere else."""
     body = response.content.decode("utf-8", "replace") if response.content else ""
+    secret = shown_push_secret(getattr(response, "request", None), body)
+    if secret:
+        register_secret(secret, "trigger push secret")
+        body = body.replace(secret, "<push secret>")
     capture(f"response {response.status_code}", f"{dict(response.headers)}\n{body}")
+
+
+def shown_push_secret(request: Any, body: str) -> str | None:
+    """The push secret of a trigger create or push-secret rotation answer, else None."""
+    method = getattr(request, "method", "") or ""
+    path = (getattr(request, "path_url", "") or "").split("?")[0].rstrip("/")
+    if method.upper() != "POST" or not path.endswith(("/triggers", "/push-secret")):
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    secret = document.get("push_secret") if isinstance(document, dict) else None
+    return secret if isinstance(secret, str) and secret else None
 
 
 def watch_stack(stack: Any) -> None:
@@ -69,9 +90,10 @@ class _CaptureHandler(logging.Handler):
 
 
 def _harvest() -> None:
-    """Registers every secret the session's stand-ins hold and captures the notices received."""
+    """Registers every secret the session's stand-ins hold; captures the notices and events."""
     for stack in _stacks:
         register_secret(stack.webhook_secret, "NOTIFY_WEBHOOK_SECRET")
+        register_secret(stack.event_webhook_secret, "EVENTS_WEBHOOK_SECRET")
         register_secret(stack.graph_secret, "GRAPH_CLIENT_SECRET")
         store = stack.keyvault.store
         with store._lock:
@@ -94,6 +116,9 @@ def _harvest() -> None:
         mails = [mail.to_json() for mail in list(stack.graph.mails)]
         if received or mails:
             capture("notices", json.dumps({"webhook": received, "mails": mails}, default=str))
+        events = [delivery.to_json() for delivery in list(stack.event_webhook.received)]
+        if events:
+            capture("events", json.dumps(events, default=str))
 
 
 def find_leaks(text: str, secrets: dict[str, str]) -> list[str]:

@@ -7,7 +7,9 @@ other than the documented 502 and 503, show a stack trace or hold a secret.
 
 Part of the generated requests are steered at real data: at connections that exist (the fuzz
 tenant's, and the same ids under another tenant), and at the ServiceNow stand-in with a valid
-or an invalid API token, so the deep paths (proofs, Key Vault, updates) are fuzzed too. Host
+or an invalid API token, so the deep paths (proofs, Key Vault, updates) are fuzzed too; and at
+real triggers of those connections (with their kept events, and on the push route with their
+push secret or a wrong one), with trigger bodies whose query is tried on the stand-in. Host
 names other than loopback never leave the process: the fake DNS refuses them.
 
 The number of examples per operation is FUZZ_EXAMPLES (default 60, about 1,000 requests);
@@ -22,6 +24,7 @@ import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -34,10 +37,14 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from connections import services as services_module
+from connections.model import format_time
 from connections.openapi import openapi_document
 from servicenow.client import ServiceNowClient
 from tests import leak_guard
 from tests.net_support import FakeDns
+from triggers import poller
+from triggers.events import Emitted, list_key, seen_key
+from triggers.services import trigger_services
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 60)
 FUZZ_RANDOM = os.environ.get("FUZZ_RANDOM") == "1"
@@ -56,6 +63,14 @@ PROXIED_PATHS = [
     "api/now/attachmentX",
     "api/now/table/../../oauth_token.do",
 ]
+# Steered trigger bodies: as generated but with a start the service admits, or a valid one.
+TRIGGER_BODIES = ["recent start", "valid"]
+TRIGGERS = "/tenants/{tenant_id}/connections/{connection_id}/triggers"
+CONNECTION_BODIES = {
+    "/tenants/{tenant_id}/connections",
+    "/tenants/{tenant_id}/connections/{connection_id}",
+}
+PUSH_SECRET_ANSWERS = {("POST", TRIGGERS), ("POST", TRIGGERS + "/{trigger_id}/push-secret")}
 STACK_TRACE = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
 
 schema = schemathesis.openapi.from_dict(openapi_document())
@@ -77,6 +92,11 @@ class World:
     instance_url = ""
     connection_ids: list[str] = []  # noqa: RUF012 -- filled once per module
     create: Any = None  # makes one more connection of the fuzz tenant; returns its id
+    # (connection id, trigger id) of real triggers, their kept events and push secrets
+    triggers: list[tuple[str, str]] = []  # noqa: RUF012
+    events: dict[str, list[str]] = {}  # noqa: RUF012
+    push_secrets: dict[str, str] = {}  # noqa: RUF012
+    create_trigger: Any = None  # makes one more trigger of a connection; returns its id
 
     @classmethod
     def replace(cls, deleted: str) -> None:
@@ -84,6 +104,16 @@ class World:
         if deleted in cls.connection_ids:
             cls.connection_ids = [cid for cid in cls.connection_ids if cid != deleted]
             cls.connection_ids.append(cls.create())
+            for connection_id, trigger_id in list(cls.triggers):
+                if connection_id == deleted:
+                    cls.replace_trigger(trigger_id)
+
+    @classmethod
+    def replace_trigger(cls, deleted: str) -> None:
+        """A fuzzed DELETE removed a trigger (or its connection): make another."""
+        if deleted in {trigger_id for _, trigger_id in cls.triggers}:
+            cls.triggers = [pair for pair in cls.triggers if pair[1] != deleted]
+            cls.triggers.append((cls.connection_ids[0], cls.create_trigger(cls.connection_ids[0])))
 
 
 def _is_negative(case: Any) -> bool:
@@ -107,33 +137,59 @@ def filter_path_parameters(context: Any, path_parameters: dict[str, Any]) -> boo
 @schema.hook
 def flatmap_case(context: Any, case: Any) -> st.SearchStrategy:
     """Steers some cases at real connections (of the fuzz tenant, or under another tenant) and
-    at the ServiceNow stand-in, with a valid or an invalid API token."""
+    at the ServiceNow stand-in, with a valid or an invalid API token; and at real triggers (and
+    their events, and their push secret on the push route), with bodies the service admits."""
     parameters = case.path_parameters or {}
     aims = ["as generated"]
     negative_path = case.meta is not None and case.meta.is_negative_at(ParameterLocation.PATH)
     if "tenant_id" in parameters and World.connection_ids and not negative_path:
         aims += ["own", "own"] + (["other tenant"] if "connection_id" in parameters else [])
+    if "trigger_id" in parameters and "tenant_id" not in parameters and not negative_path:
+        aims += ["real trigger", "real trigger"]
     bodies = ["as generated"]
-    if isinstance(case.body, dict) and not _is_negative(case) and World.instance_url:
+    positive_body = isinstance(case.body, dict) and not _is_negative(case)
+    if positive_body and World.instance_url and case.operation.path in CONNECTION_BODIES:
         bodies += [API_TOKEN, "not-the-token"]
+    if positive_body and World.instance_url and case.operation.path.startswith(TRIGGERS):
+        bodies += TRIGGER_BODIES
     choices = st.tuples(
         st.sampled_from(aims),
         st.sampled_from(World.connection_ids or [""]),
         st.sampled_from(bodies),
         st.sampled_from(PROXIED_PATHS),
     )
-    return choices.map(lambda choice: _steer(case, *choice))
+    if "trigger_id" not in parameters:  # the other routes draw as they always have
+        return choices.map(lambda choice: _steer(case, *choice))
+    at_triggers = st.tuples(
+        choices,
+        st.sampled_from(World.triggers or [("", "")]),
+        st.sampled_from(["as generated", "its secret", "its secret"]),
+    )
+    return at_triggers.map(lambda choice: _steer(case, *choice[0], *choice[1:]))
 
 
-def _steer(case: Any, aim: str, connection_id: str, token: str, proxied: str) -> Any:
+def _steer(
+    case: Any,
+    aim: str,
+    connection_id: str,
+    token: str,
+    proxied: str,
+    trigger: tuple[str, str] = ("", ""),
+    secret: str = "as generated",
+) -> Any:
     if aim != "as generated":
         case.path_parameters = dict(case.path_parameters)
-        case.path_parameters["tenant_id"] = TENANT if aim == "own" else OTHER_TENANT
+        if aim != "real trigger":
+            case.path_parameters["tenant_id"] = TENANT if aim == "own" else OTHER_TENANT
         if "connection_id" in case.path_parameters:
             case.path_parameters["connection_id"] = connection_id
         if "path" in case.path_parameters and proxied != "as generated":
             case.path_parameters["path"] = proxied
-    if token != "as generated":
+        if "trigger_id" in case.path_parameters and trigger[1]:
+            _steer_at_trigger(case, trigger, secret)
+    if token in ("recent start", "valid"):
+        case.body = _trigger_body(case, token)
+    elif token != "as generated":
         body = dict(case.body)
         if "instance_url" in body or case.method.upper() == "POST":
             body["instance_url"] = World.instance_url
@@ -144,9 +200,52 @@ def _steer(case: Any, aim: str, connection_id: str, token: str, proxied: str) ->
     return case
 
 
+def _steer_at_trigger(case: Any, trigger: tuple[str, str], secret: str) -> None:
+    connection_id, trigger_id = trigger
+    case.path_parameters["trigger_id"] = trigger_id
+    if "connection_id" in case.path_parameters:
+        case.path_parameters["connection_id"] = connection_id
+    if "event_id" in case.path_parameters and World.events.get(trigger_id):
+        case.path_parameters["event_id"] = World.events[trigger_id][0]
+    if "tenant_id" not in case.path_parameters and secret == "its secret":
+        case.headers = {**(case.headers or {}), "X-Trigger-Secret": World.push_secrets[trigger_id]}
+
+
+def _trigger_body(case: Any, choice: str) -> dict[str, Any]:
+    """A body whose query reaches the instance: a generated one with a start the service admits,
+    or a valid one."""
+    creating = case.method.upper() == "POST"
+    if choice == "valid":
+        if creating:
+            return {"name": "Fuzzed trigger", "table": "incident", "query": "active=true"}
+        return {"query": "active=true", "interval_seconds": 120, "enabled": True}
+    body = dict(case.body)
+    if creating or "start_at" in body:
+        body["start_at"] = format_time(datetime.now(UTC) - timedelta(hours=1))
+    return body
+
+
+def _shown_once(case: Any, response: Any, text: str) -> str:
+    """The answer as captured: a push secret where the contract shows it (the create and the
+    rotation answers) is masked, after it is registered and kept for the push route."""
+    if (case.method.upper(), case.operation.path) not in PUSH_SECRET_ANSWERS:
+        return text
+    if response.status_code not in (200, 201):
+        return text
+    secret = response.json().get("push_secret")
+    if not isinstance(secret, str):
+        return text
+    leak_guard.register_secret(secret, "fuzzed trigger push secret")
+    trigger_id = (case.path_parameters or {}).get("trigger_id")
+    if trigger_id in World.push_secrets:
+        World.push_secrets[trigger_id] = secret
+    return text.replace(secret, "<push secret>")
+
+
 def not_an_undocumented_failure(ctx: Any, response: Any, case: Any) -> bool | None:
     """No 5xx but 502/503, no stack trace, no secret; every error in the contract's shape."""
     text = response.content.decode("utf-8", "replace") if response.content else ""
+    text = _shown_once(case, response, text)
     SEEN[f"{case.method} {case.operation.path} -> {response.status_code}"] += 1
     leak_guard.capture(f"fuzz {case.method} {case.path}", f"{dict(response.headers)}\n{text}")
     status = response.status_code
@@ -157,8 +256,12 @@ def not_an_undocumented_failure(ctx: Any, response: Any, case: Any) -> bool | No
     if parameters.get("tenant_id") == OTHER_TENANT:
         assert not 200 <= status < 300, f"another tenant's connection answered {status}"
         assert not any(cid in text for cid in World.connection_ids), "another tenant's data"
+        assert not any(tid in text for _, tid in World.triggers), "another tenant's trigger"
     if case.method.upper() == "DELETE" and status == 204 and parameters.get("tenant_id") == TENANT:
-        World.replace(parameters["connection_id"])
+        if "trigger_id" in parameters:
+            World.replace_trigger(parameters["trigger_id"])
+        else:
+            World.replace(parameters["connection_id"])
     if STACK_TRACE.search(text):
         raise AssertionError(f"a stack trace in the answer: {text[:300]}")
     leaks = leak_guard.find_leaks(text + str(dict(response.headers)), leak_guard.known_secrets())
@@ -231,16 +334,57 @@ def world(app_host, stack) -> Iterator[dict[str, Any]]:
             assert response.status_code == 201, response.text
             return response.json()["id"]
 
+        def create_trigger(connection_id: str) -> str:
+            body = {"name": f"Fuzzed {uuid.uuid4().hex[:8]}", "table": "incident"}
+            response = session.post(f"{base}/{connection_id}/triggers", json=body, timeout=30)
+            assert response.status_code == 201, response.text
+            trigger = response.json()
+            leak_guard.register_secret(trigger["push_secret"], "fuzz trigger push secret")
+            World.push_secrets[trigger["id"]] = trigger["push_secret"]
+            World.events[trigger["id"]] = _seed_events(trigger)
+            return trigger["id"]
+
         World.create = staticmethod(create)
+        World.create_trigger = staticmethod(create_trigger)
         ids = [create() for _ in range(3)]
         World.instance_url = stack.servicenow.url
         World.connection_ids = ids
+        World.triggers = [(cid, create_trigger(cid)) for cid in ids[:2]]
         yield {"base_url": app_host.url + "/api", "session": session}
         session.close()
         print(f"\nfuzzed {sum(SEEN.values())} requests:")
         for line, count in sorted(SEEN.items()):
             print(f"  {count:6d}  {line}")
         World.instance_url, World.connection_ids, World.create = "", [], None
+        World.triggers, World.events, World.push_secrets, World.create_trigger = [], {}, {}, None
+
+
+def _seed_events(trigger: dict[str, Any]) -> list[str]:
+    """Two kept events of the trigger, as a poll records them."""
+    emitted = []
+    for index in range(2):
+        moment = datetime.now(UTC) - timedelta(minutes=10 - index)
+        sys_id = uuid.uuid4().hex
+        event_id = poller.event_id(trigger["id"], sys_id, 0)
+        event = {
+            "event_id": event_id,
+            "change": "created",
+            "tenant_id": TENANT,
+            "connection_id": trigger["connection_id"],
+            "trigger_id": trigger["id"],
+            "trigger_name": trigger["name"],
+            "table": trigger["table"],
+            "sys_id": sys_id,
+            "number": f"INC{index:07d}",
+            "sys_mod_count": 0,
+            "sys_updated_on": format_time(moment),
+            "record": {"number": f"INC{index:07d}"},
+            "emitted_at": format_time(moment),
+        }
+        seen = seen_key(poller.sn_time(moment), sys_id, 0)
+        emitted.append(Emitted(event, seen, list_key(moment, index, event_id)))
+    trigger_services().events.record(trigger["id"], emitted)
+    return [item.event["event_id"] for item in emitted]
 
 
 @schema.parametrize()

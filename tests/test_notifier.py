@@ -325,3 +325,128 @@ def test_an_unresolved_key_vault_reference_is_a_delivery_error(
     reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/x/)"
     with pytest.raises(DeliveryError, match="unresolved Key Vault reference"):
         deliver_notice(message(), settings | {name: reference})
+
+
+# --- Trigger notices ---------------------------------------------------------------------------
+
+TRIGGER_DETAIL = (
+    "The instance refused to let the connection's user read sc_req_item (ACL denied). Give the "
+    "integration user read access to sc_req_item (an ACL or role), or change the table."
+)
+
+
+def trigger_notice(notice_id: str = "t-1", event: str = "trigger_failing") -> dict[str, Any]:
+    """A trigger notice as the poller builds it: a connection notice plus the trigger."""
+    failing = event == "trigger_failing"
+    return notice(notice_id, event) | {
+        "trigger_id": "5d2c0a7e",
+        "trigger_name": "New Teams requests",
+        "status": "failing" if failing else "active",
+        "detail": TRIGGER_DETAIL if failing else "The trigger polls again.",
+    }
+
+
+def test_trigger_notices_go_out_by_webhook_and_mail(
+    settings: dict[str, str],
+    webhook: WebhookReceiver,
+    graph: GraphStandIn,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    failing, restored = trigger_notice("t-1"), trigger_notice("t-2", "trigger_restored")
+
+    deliver_notice({"notice": failing, "recipients": ADMINS}, settings)
+    deliver_notice({"notice": restored, "recipients": ADMINS}, settings)
+
+    first, second = webhook.wait_for(2, accepted_only=True)
+    assert first.signature_valid and first.notice_id == "t-1"
+    assert first.body == failing  # trigger_id and trigger_name kept
+    assert second.body == restored
+    assert first.headers["X-Signature"] == sign(WEBHOOK_SECRET, notifier.webhook_body(failing))
+
+    failing_mail, restored_mail = graph.wait_for(2, accepted_only=True)
+    assert failing_mail.to == ADMINS
+    assert failing_mail.subject == (
+        "Automate365 trigger 'New Teams requests' of connection 'Contoso ITSM': trigger failing"
+    )
+    for expected in (
+        "Trigger:       New Teams requests",
+        "Trigger ID:    5d2c0a7e",
+        "Connection:    Contoso ITSM",
+        "Status:        failing (the trigger's)",
+        f"Detail:        {TRIGGER_DETAIL}",
+        "Fix what the detail above says",
+        "Automate365 > Connections",
+        "'trigger restored' notice",
+    ):
+        assert expected in failing_mail.body
+    assert restored_mail.subject.endswith("of connection 'Contoso ITSM': trigger restored")
+    assert "Nothing to do: the trigger polls again" in restored_mail.body
+    assert "Status:        active (the trigger's)" in restored_mail.body
+    assert "notice t-1 event=trigger_failing channel=webhook result=delivered" in logs.text
+    assert "notice t-2 event=trigger_restored channel=email result=sent" in logs.text
+    assert_no_secrets(logs.text)
+
+
+def test_the_pollers_trigger_notice_is_accepted(
+    settings: dict[str, str], graph: GraphStandIn
+) -> None:
+    """What `triggers.poller.trigger_notice` queues is what the notifier takes."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from triggers.poller import trigger_notice as poller_notice
+
+    now = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    trigger = SimpleNamespace(
+        id="5d2c0a7e",
+        tenant_id="contoso",
+        name="New Teams requests",
+        status="failing",
+        status_detail=TRIGGER_DETAIL,
+        status_changed_at=now,
+    )
+    connection = SimpleNamespace(
+        id="8a1f",
+        name="Contoso ITSM",
+        instance_url="https://contoso.service-now.com",
+        notify_emails=ADMINS,
+    )
+    message_ = poller_notice(trigger, connection, "trigger_failing", now)  # type: ignore[arg-type]
+
+    parsed, recipients = notifier.parse_message(message_)
+    assert parsed["trigger_name"] == "New Teams requests" and recipients == ADMINS
+    deliver_notice(message_, settings)
+    [mail] = graph.wait_for(1, accepted_only=True)
+    assert "trigger 'New Teams requests'" in mail.subject and TRIGGER_DETAIL in mail.body
+
+
+def test_connection_notices_keep_their_texts() -> None:
+    assert notifier.mail_subject(notice()) == (
+        "Automate365 connection 'Contoso ITSM': OAuth token renewal failed"
+    )
+    text = notifier.mail_text(notice())
+    assert text.startswith("Automate365 connection 'Contoso ITSM': OAuth token renewal failed.")
+    assert "Trigger" not in text and "Status:        renewal_failed\n" in text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"trigger_id": None},
+        {"trigger_id": " "},
+        {"trigger_name": None},
+        {"trigger_name": 7},
+    ],
+)
+def test_a_trigger_notice_without_its_trigger_is_invalid(
+    change: dict[str, Any], webhook: WebhookReceiver
+) -> None:
+    body = {k: v for k, v in (trigger_notice() | change).items() if v is not None}
+
+    with pytest.raises(InvalidNotice, match="trigger_"):
+        deliver_notice(
+            {"notice": body, "recipients": []},
+            {"NOTIFY_WEBHOOK_URL": webhook.url, "NOTIFY_WEBHOOK_SECRET": "x"},
+        )
+
+    assert webhook.received == []

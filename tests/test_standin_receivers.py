@@ -1,14 +1,22 @@
-"""The notice receivers: the signed webhook receiver and the Graph stand-in, driven by real MSAL."""
+"""The notice and event receivers: the signed webhook receivers and the Graph stand-in, driven by
+real MSAL."""
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import msal
 import pytest
 import requests
 
-from localrun.standins.receivers import GRAPH_SCOPE, GraphStandIn, WebhookReceiver, sign
+from localrun.standins.receivers import (
+    GRAPH_SCOPE,
+    EventReceiver,
+    GraphStandIn,
+    WebhookReceiver,
+    sign,
+)
 from tests.receiver_fixtures import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -265,3 +273,114 @@ def test_graph_control_lists_mails_and_reset_clears_them(graph: GraphStandIn) ->
     assert listed["token_requests"] == 1
     graph.reset()
     assert graph.mails == [] and graph.token_requests == 0
+
+
+# --- Event receiver ----------------------------------------------------------------------------
+
+EVENT_SECRET = "event-webhook-secret-never-logged"
+PERSON = "Jane Roe"
+
+
+def event(event_id: str = "e-1") -> dict[str, object]:
+    return {
+        "event_id": event_id,
+        "change": "created",
+        "trigger_id": "t-1",
+        "record": {"requested_for": PERSON},
+    }
+
+
+@pytest.fixture(scope="module")
+def events_server() -> Iterator[EventReceiver]:
+    with EventReceiver(EVENT_SECRET) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def events(events_server: EventReceiver) -> EventReceiver:
+    events_server.reset()
+    return events_server
+
+
+def post_event(
+    url: str, body: dict[str, object], secret: str = EVENT_SECRET, event_id: str | None = None
+) -> requests.Response:
+    raw = json.dumps(body).encode()
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "X-Signature": sign(secret, raw),
+        "X-Event-Id": event_id or str(body["event_id"]),
+    }
+    return requests.post(url, data=raw, headers=headers, timeout=5)
+
+
+def test_event_receiver_accepts_a_signed_event(
+    events: EventReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="localrun.standins.receivers")
+
+    assert post_event(events.url, event()).status_code == 204
+
+    [delivery] = events.wait_for(1, accepted_only=True)
+    assert delivery.event_id == "e-1" and delivery.notice_id is None
+    assert delivery.signature_valid and not delivery.duplicate
+    assert delivery.body == event()
+    assert delivery.to_json()["event_id"] == "e-1" and "notice_id" not in delivery.to_json()
+    assert "event webhook event=e-1 trigger=t-1 change=created signature=valid" in caplog.text
+    assert PERSON not in caplog.text  # record values are never logged
+    assert EVENT_SECRET not in caplog.text
+
+
+def test_event_receiver_refuses_a_bad_signature_or_a_mismatched_id(events: EventReceiver) -> None:
+    assert post_event(events.url, event(), secret="wrong").status_code == 401
+    assert post_event(events.url, event("e-1"), event_id="e-2").status_code == 400
+    notice_header = requests.post(
+        events.url,
+        data=json.dumps(event()).encode(),
+        headers={
+            "X-Signature": sign(EVENT_SECRET, json.dumps(event()).encode()),
+            "X-Notice-Id": "e-1",
+        },
+        timeout=5,
+    )
+    assert notice_header.status_code == 400
+    assert "X-Event-Id missing" in notice_header.json()["error"]
+    assert events.delivered == []
+
+
+def test_event_receiver_marks_a_repeated_event_and_fails_when_told(events: EventReceiver) -> None:
+    events.fail_next(1, status=503)
+
+    statuses = [post_event(events.url, event()).status_code for _ in range(3)]
+
+    assert statuses == [503, 204, 204]
+    assert [(d.status, d.duplicate) for d in events.wait_for(3)] == [
+        (503, False),
+        (204, False),
+        (204, True),
+    ]
+
+
+def test_event_receiver_control_lists_what_it_got(events: EventReceiver) -> None:
+    post_event(events.url, event("e-7"))
+
+    listed = requests.get(events.url + "/_control/received", timeout=5).json()["received"]
+
+    assert [(d["event_id"], d["signature_valid"], d["status"]) for d in listed] == [
+        ("e-7", True, 204)
+    ]
+
+
+def test_the_stack_points_event_delivery_at_its_receiver(stack, tmp_path: Path) -> None:
+    from localrun.settings import load_settings
+
+    settings = stack.settings()
+    assert settings["EVENTS_WEBHOOK_URL"] == stack.event_webhook.url
+    assert settings["EVENTS_WEBHOOK_SECRET"] == stack.event_webhook_secret
+    assert stack.event_webhook.secret == stack.event_webhook_secret
+    assert stack.event_webhook_secret != stack.webhook_secret
+    assert stack.event_webhook.url != stack.webhook.url
+    mine = {"EVENTS_WEBHOOK_URL": "https://engine.example/events", "EVENTS_WEBHOOK_SECRET": "s"}
+    loaded = load_settings(tmp_path, environ=mine, defaults=settings)
+    assert loaded["EVENTS_WEBHOOK_URL"] == "https://engine.example/events"  # the environment wins
+    assert loaded["EVENTS_WEBHOOK_SECRET"] == "s"

@@ -1,6 +1,8 @@
-"""Stand-ins for where notices go: a webhook receiver and Microsoft Graph (tokens and sendMail).
+"""Stand-ins for where notices and events go: webhook receivers and Microsoft Graph (tokens and
+sendMail).
 
-`WebhookReceiver` checks the `X-Signature` HMAC the way a customer's receiver would.
+`WebhookReceiver` (notices, `X-Notice-Id`) and `EventReceiver` (trigger events, `X-Event-Id`)
+check the `X-Signature` HMAC the way a customer's receiver or the Automate365 engine would.
 `GraphStandIn` serves the Entra ID endpoints MSAL's client-credentials flow calls and Graph
 `sendMail`, over HTTPS with the local CA (MSAL only accepts https authorities). Both record what
 they receive, log one line per request, can be told to fail the next N requests, and let tests
@@ -130,22 +132,34 @@ def sign(secret: str, body: bytes) -> str:
 
 @dataclass(frozen=True)
 class Delivery:
-    notice_id: str | None
+    """One POST a receiver got. `id` is its `X-Notice-Id` (notice receiver) or `X-Event-Id`
+    (event receiver); `id_field` names which, as the body's field and in `to_json`."""
+
+    id: str | None
     body: Any
     headers: dict[str, str]
     signature_valid: bool
     status: int
     path: str
     duplicate: bool
+    id_field: str = "notice_id"
     received_at: str = field(default_factory=_now_iso)
 
     @property
     def accepted(self) -> bool:
         return self.status == 204
 
+    @property
+    def notice_id(self) -> str | None:
+        return self.id if self.id_field == "notice_id" else None
+
+    @property
+    def event_id(self) -> str | None:
+        return self.id if self.id_field == "event_id" else None
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "notice_id": self.notice_id,
+            self.id_field: self.id,
             "body": self.body,
             "headers": self.headers,
             "signature_valid": self.signature_valid,
@@ -161,15 +175,19 @@ class WebhookReceiver(ServedStandIn):
 
     A valid delivery also needs a JSON body whose `notice_id` equals `X-Notice-Id` (else 400).
     A repeated notice id is still answered 204 and recorded with `duplicate=True`.
+    `GET /_control/received` lists every POST received.
     """
 
     label = "webhook receiver"
+    id_header = "X-Notice-Id"
+    id_field = "notice_id"
+    server_name = "webhook-receiver"
 
     def __init__(self, secret: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.secret = secret
-        self._recorder: _Recorder[Delivery] = _Recorder("webhook deliveries")
+        self._recorder: _Recorder[Delivery] = _Recorder(f"{self.label} deliveries")
         self._fail = _FailPlan()
-        self._server = BackgroundServer(_wsgi(self._handle), host, port, name="webhook-receiver")
+        self._server = BackgroundServer(_wsgi(self._handle), host, port, name=self.server_name)
         self.url: str = self._server.url
 
     @property
@@ -203,26 +221,27 @@ class WebhookReceiver(ServedStandIn):
             request.headers.get("X-Signature", "").encode(), sign(self.secret, raw).encode()
         )
         body = _json_or_none(raw)
-        notice_id = request.headers.get("X-Notice-Id")
-        status, extra, problem = self._decide(signature_valid, body, notice_id)
-        duplicate = status == 204 and any(d.notice_id == notice_id for d in self.delivered)
+        delivery_id = request.headers.get(self.id_header)
+        status, extra, problem = self._decide(signature_valid, body, delivery_id)
+        duplicate = status == 204 and any(d.id == delivery_id for d in self.delivered)
         delivery = Delivery(
-            notice_id=notice_id,
+            id=delivery_id,
             body=body,
             headers=dict(request.headers.items()),
             signature_valid=signature_valid,
             status=status,
             path=request.path,
             duplicate=duplicate,
+            id_field=self.id_field,
         )
         self._recorder.add(delivery)
-        _log_delivery(delivery, problem)
+        self._log(delivery, problem)
         if status == 204:
             return Response(status=204)
         return json_reply({"error": problem}, status, extra)
 
     def _decide(
-        self, signature_valid: bool, body: Any, notice_id: str | None
+        self, signature_valid: bool, body: Any, delivery_id: str | None
     ) -> tuple[int, dict[str, str], str]:
         if not signature_valid:
             return 401, {}, "invalid signature"
@@ -232,8 +251,8 @@ class WebhookReceiver(ServedStandIn):
             return status, _retry_headers(retry_after), "failing on request"
         if not isinstance(body, dict):
             return 400, {}, "body is not a JSON object"
-        if not notice_id or body.get("notice_id") != notice_id:
-            return 400, {}, "X-Notice-Id missing or not equal to the body's notice_id"
+        if not delivery_id or body.get(self.id_field) != delivery_id:
+            return 400, {}, f"{self.id_header} missing or not equal to the body's {self.id_field}"
         return 204, {}, ""
 
     def _control(self, request: Request) -> Response:
@@ -241,26 +260,51 @@ class WebhookReceiver(ServedStandIn):
             return json_reply({"received": [d.to_json() for d in self.received]})
         return json_reply({"error": "not found"}, 404)
 
+    def _log(self, delivery: Delivery, problem: str) -> None:
+        body = delivery.body if isinstance(delivery.body, dict) else {}
+        log.info(
+            "webhook notice=%s event=%s connection=%r signature=%s status=%d%s%s",
+            delivery.id,
+            body.get("event"),
+            body.get("connection_name"),
+            "valid" if delivery.signature_valid else "INVALID",
+            delivery.status,
+            " duplicate" if delivery.duplicate else "",
+            f" ({problem})" if problem else "",
+        )
+
+
+class EventReceiver(WebhookReceiver):
+    """Receives the signed event POSTs of `deliver_event`, as the Automate365 engine would: the
+    same checks as the notice receiver (HMAC in `X-Signature`; 204, 401 or 400), keyed by
+    `X-Event-Id`, which must equal the body's `event_id`. A repeated event id is answered 204 and
+    recorded with `duplicate=True`. Its log line names the event and the trigger, never a record
+    value (they may be personal data)."""
+
+    label = "event receiver"
+    id_header = "X-Event-Id"
+    id_field = "event_id"
+    server_name = "event-receiver"
+
+    def _log(self, delivery: Delivery, problem: str) -> None:
+        body = delivery.body if isinstance(delivery.body, dict) else {}
+        log.info(
+            "event webhook event=%s trigger=%s change=%s signature=%s status=%d%s%s",
+            delivery.id,
+            body.get("trigger_id"),
+            body.get("change"),
+            "valid" if delivery.signature_valid else "INVALID",
+            delivery.status,
+            " duplicate" if delivery.duplicate else "",
+            f" ({problem})" if problem else "",
+        )
+
 
 def _json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
         return None
-
-
-def _log_delivery(delivery: Delivery, problem: str) -> None:
-    body = delivery.body if isinstance(delivery.body, dict) else {}
-    log.info(
-        "webhook notice=%s event=%s connection=%r signature=%s status=%d%s%s",
-        delivery.notice_id,
-        body.get("event"),
-        body.get("connection_name"),
-        "valid" if delivery.signature_valid else "INVALID",
-        delivery.status,
-        " duplicate" if delivery.duplicate else "",
-        f" ({problem})" if problem else "",
-    )
 
 
 # --- Microsoft Graph stand-in -----------------------------------------------------------------
