@@ -31,6 +31,11 @@ FULL = {
     "imports": 15,
     "proxy_calls": 500,
     "proxy_load": 2000,
+    "trigger_burst": 10_000,
+    "trigger_deliveries": 10_000,
+    "trigger_idle_polls": 20,
+    "trigger_latency": 50,
+    "trigger_cycles": 3,
 }
 QUICK = {
     "sweep": 400,
@@ -44,6 +49,11 @@ QUICK = {
     "imports": 3,
     "proxy_calls": 100,
     "proxy_load": 400,
+    "trigger_burst": 2000,
+    "trigger_deliveries": 2000,
+    "trigger_idle_polls": 10,
+    "trigger_latency": 50,
+    "trigger_cycles": 1,
 }
 
 
@@ -66,7 +76,7 @@ def run(sizes: dict[str, int]) -> dict[str, Any]:
     started = _step(f"cold import, {sizes['imports']} fresh interpreters each")
     results["cold_import"] = coldimport.cold_import(sizes["imports"])
     with BenchEnv() as env:
-        from bench import api, proxy, sweep
+        from bench import api, proxy, sweep, triggers
         from connections.services import services
 
         app_services = services()
@@ -85,6 +95,22 @@ def run(sizes: dict[str, int]) -> dict[str, Any]:
             )
             results["proxy"] = proxy.proxy_figures(
                 env, client, host, sizes["proxy_calls"], sizes["proxy_load"]
+            )
+            _step(
+                f"triggers: a burst of {sizes['trigger_burst']:,} changed records, "
+                f"{sizes['trigger_deliveries']:,} deliveries at concurrency "
+                f"{triggers.CONCURRENCY}, {sizes['trigger_idle_polls']} idle polls each way, "
+                f"{sizes['trigger_cycles']} poll cycles of {sizes['trigger_latency']} records"
+            )
+            results["triggers"] = triggers.trigger_figures(
+                env,
+                client,
+                host,
+                sizes["trigger_burst"],
+                sizes["trigger_deliveries"],
+                sizes["trigger_idle_polls"],
+                sizes["trigger_latency"],
+                sizes["trigger_cycles"],
             )
         finally:
             host.stop()

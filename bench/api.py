@@ -19,7 +19,9 @@ from bench import measure, seed
 from bench.env import CLIENT_ID, CLIENT_SECRET, BenchEnv
 from connections.clients import CONNECTIONS_TABLE
 from localrun.host import LocalHost, load_function_app
+from localrun.hostconfig import HostConfig
 from localrun.keys import Keys
+from localrun.settings import PROJECT_ROOT
 from renewal.sweep import SweepSettings, run_sweep
 
 FUNCTION_KEY = "bench-function-key"
@@ -91,8 +93,12 @@ def _api_token_body(env: BenchEnv, name: str) -> dict[str, Any]:
 
 
 def start_host() -> LocalHost:
+    """The app served as `scripts/run-local` serves it (host.json's settings), without its
+    timers and queue listeners running: figure 8 starts the listeners it needs."""
     keys = Keys(function_key=FUNCTION_KEY, master_key="bench-master-key-" + uuid.uuid4().hex)
-    return LocalHost(load_function_app(), dict(os.environ), keys).start(port=0, triggers=False)
+    config = HostConfig.load(PROJECT_ROOT)
+    app = load_function_app()
+    return LocalHost(app, dict(os.environ), keys, config=config).start(port=0, triggers=False)
 
 
 def latency(

@@ -2,7 +2,8 @@
 
 `BenchEnv` starts Azurite (tables and queues, in memory: no disk in the measurement) and
 `bench.standins` in a subprocess, puts the app settings into `os.environ` and offers the
-stand-ins' control APIs (ServiceNow latency, clients and stats; Key Vault call counts).
+stand-ins' control APIs (ServiceNow latency, clients and stats; Key Vault call counts; the events
+the event receiver got).
 """
 
 import contextlib
@@ -50,6 +51,7 @@ class BenchEnv:
         self._standins: subprocess.Popen[str] | None = None
         self.servicenow_url = ""
         self.keyvault_url = ""
+        self.events_url = ""
         self.environment: dict[str, str] = {}
         self._saved_environ: dict[str, str] = {}
         self._http = requests.Session()
@@ -71,6 +73,7 @@ class BenchEnv:
         ready = json.loads(line)
         self.servicenow_url = ready["servicenow_url"]
         self.keyvault_url = ready["keyvault_url"]
+        self.events_url = ready["events_url"]
         self.environment = {
             **ready["environment"],
             "AzureWebJobsStorage": self.azurite.connection_string,
@@ -139,3 +142,12 @@ class BenchEnv:
 
     def reset_vault_counts(self) -> None:
         self._http.post(self.keyvault_url + "/_control/reset", json={}).raise_for_status()
+
+    def event_arrivals(self, trigger_id: str) -> list[list[Any]]:
+        """What the event receiver got of the trigger's events: `[event_id, trigger_id, status,
+        signature_valid, duplicate, at]` each, oldest first (`at`: epoch seconds)."""
+        response = self._http.get(
+            self.events_url + "/_control/arrivals", params={"trigger_id": trigger_id}
+        )
+        response.raise_for_status()
+        return list(response.json()["arrivals"])

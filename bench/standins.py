@@ -1,24 +1,32 @@
 """The stand-ins the benchmarks talk to, served from their own process.
 
-`python -m bench.standins STATE_DIR` starts the identity, Key Vault and ServiceNow stand-ins,
-prints one JSON line (their URLs and the settings the app needs), then serves until its stdin
-closes. Running them in a separate process keeps their request handling off the GIL of the
-process being measured, as a real Key Vault and a real instance are.
+`python -m bench.standins STATE_DIR` starts the identity, Key Vault and ServiceNow stand-ins and
+the event receiver (the Automate365 engine's webhook), prints one JSON line (their URLs and the
+settings the app needs), then serves until its stdin closes. Running them in a separate process
+keeps their request handling off the GIL of the process being measured, as a real Key Vault, a
+real instance and a real engine are.
 """
 
+import hmac
 import io
 import json
 import logging
 import os
+import secrets
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import LimitedStream
 
 from localrun import server, tls
+from localrun.server import json_reply
 from localrun.standins.identity import IdentityStandIn
 from localrun.standins.keyvault import KeyVaultStandIn
+from localrun.standins.receivers import EventReceiver, sign
 from localrun.standins.servicenow import ServiceNowStandIn
 
 
@@ -82,6 +90,63 @@ class KeepAliveHandler(server._QuietHandler):
         super().send_header(keyword, value)
 
 
+class BenchEventReceiver(EventReceiver):
+    """The stack's event receiver with the same checks (`X-Signature` the HMAC-SHA256 of the body
+    with the secret, `X-Event-Id` equal to the body's `event_id`: 204, else 401 or 400), keeping
+    per POST only what the bench reads: the event and trigger ids, the status, the signature
+    check, whether an accepted id came again, and when it arrived (`time.time()`, for latency).
+    A repeat is found in a set: the stock receiver scans every delivery it holds, which for
+    10,000 events would cost the receiver more than the rest of each request.
+
+    `GET /_control/arrivals?trigger_id=<id>` lists them (`[event_id, trigger_id, status,
+    signature_valid, duplicate, at]`); `POST /_control/reset` forgets them."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__(secret)
+        self._lock = threading.Lock()
+        self._accepted: set[str] = set()
+        self._arrivals: list[list[Any]] = []
+
+    def _handle(self, request: Request) -> Response:
+        if request.path.startswith("/_control/"):
+            return self._bench_control(request)
+        arrived = time.time()
+        if request.method != "POST":
+            return json_reply({"error": "method not allowed"}, 405, {"Allow": "POST"})
+        raw = request.get_data(cache=False)
+        valid = hmac.compare_digest(
+            request.headers.get("X-Signature", "").encode(), sign(self.secret, raw).encode()
+        )
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        event_id = request.headers.get(self.id_header)
+        status, extra, problem = self._decide(valid, body, event_id)
+        trigger_id = body.get("trigger_id") if isinstance(body, dict) else None
+        with self._lock:
+            duplicate = status == 204 and event_id in self._accepted
+            if status == 204:
+                self._accepted.add(str(event_id))
+            self._arrivals.append([event_id, trigger_id, status, valid, duplicate, arrived])
+        if status == 204:
+            return Response(status=204)
+        return json_reply({"error": problem}, status, extra)
+
+    def _bench_control(self, request: Request) -> Response:
+        if request.method == "GET" and request.path == "/_control/arrivals":
+            wanted = request.args.get("trigger_id")
+            with self._lock:
+                arrivals = [a for a in self._arrivals if wanted is None or a[1] == wanted]
+            return json_reply({"arrivals": arrivals})
+        if request.method == "POST" and request.path == "/_control/reset":
+            with self._lock:
+                self._accepted.clear()
+                self._arrivals.clear()
+            return json_reply({})
+        return json_reply({"error": "not found"}, 404)
+
+
 def main() -> int:
     server._QuietHandler = KeepAliveHandler  # type: ignore[misc] -- for the servers made below
     logging.basicConfig(level=logging.WARNING)
@@ -90,19 +155,24 @@ def main() -> int:
     identity = IdentityStandIn().start()
     keyvault = KeyVaultStandIn(cert_dir, identity.issuer).start()
     servicenow = ServiceNowStandIn().start()
+    events = BenchEventReceiver(secrets.token_hex(32)).start()
     ready = {
         "servicenow_url": servicenow.url,
         "keyvault_url": keyvault.url,
+        "events_url": events.url,
         "environment": {
             **identity.environment(),
             "REQUESTS_CA_BUNDLE": str(tls.ca_bundle(cert_dir)),
             "KEY_VAULT_URL": keyvault.url,
+            "EVENTS_WEBHOOK_URL": events.url,
+            "EVENTS_WEBHOOK_SECRET": events.secret,
         },
     }
     print(json.dumps(ready), flush=True)
     try:
         sys.stdin.read()  # until the parent closes our stdin (or exits)
     finally:
+        events.stop()
         servicenow.stop()
         keyvault.stop()
         identity.stop()

@@ -90,6 +90,34 @@ param notifyWebhookUrl string = ''
 @secure()
 param notifyWebhookSecret string = ''
 
+@description('Where trigger events are POSTed (the Automate365 engine); empty: events wait in the queue and then its poison queue.')
+param eventsWebhookUrl string = ''
+
+@description('HMAC-SHA256 key of the events webhook; written to Key Vault when given, else the secret already in the vault is used.')
+@secure()
+param eventsWebhookSecret string = ''
+
+@description('NCRONTAB schedule of the trigger dispatch.')
+param triggerSchedule string = '*/30 * * * * *'
+
+@description('Tables a trigger may watch (comma-separated).')
+param triggerTables string = 'incident,sc_req_item,sc_request,change_request,sc_task,problem'
+
+@description('Seconds each trigger poll re-reads, to catch changes that become visible late.')
+@minValue(0)
+@maxValue(3600)
+param triggerLookbackSeconds int = 120
+
+@description('Polls of one connection\'s triggers at once.')
+@minValue(1)
+@maxValue(16)
+param triggerMaxPollsPerConnection int = 2
+
+@description('Days a trigger\'s events are kept.')
+@minValue(1)
+@maxValue(90)
+param eventRetentionDays int = 7
+
 @description('Entra ID tenant of the Microsoft Graph mail app; empty: no e-mail.')
 param graphTenantId string = ''
 
@@ -162,6 +190,7 @@ var tags = {
 var functionAppName = 'func-a365conn-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 var notifyWebhookSecretName = 'app-notify-webhook-secret'
+var eventsWebhookSecretName = 'app-events-webhook-secret'
 var graphClientSecretName = 'app-graph-client-secret'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -219,6 +248,8 @@ module keyVault 'core/key-vault.bicep' = {
     workspaceId: monitoring.outputs.workspaceId
     notifyWebhookSecretName: notifyWebhookSecretName
     notifyWebhookSecret: notifyWebhookSecret
+    eventsWebhookSecretName: eventsWebhookSecretName
+    eventsWebhookSecret: eventsWebhookSecret
     graphClientSecretName: graphClientSecretName
     graphClientSecret: graphClientSecret
     secretExpiry: dateTimeToEpoch(dateTimeAdd(deploymentTime, 'P${secretLifetimeInDays}D'))
@@ -282,6 +313,13 @@ module functionApp 'app/function-app.bicep' = {
       PROXY_TIMEOUT_SECONDS: string(proxyTimeoutSeconds)
       PROXY_MAX_RESPONSE_BYTES: string(proxyMaxResponseBytes)
       PROXY_AUDIT_DAYS: string(proxyAuditDays)
+      TRIGGER_SCHEDULE: triggerSchedule
+      TRIGGER_TABLES: triggerTables
+      TRIGGER_LOOKBACK_SECONDS: string(triggerLookbackSeconds)
+      TRIGGER_MAX_POLLS_PER_CONNECTION: string(triggerMaxPollsPerConnection)
+      EVENT_RETENTION_DAYS: string(eventRetentionDays)
+      EVENTS_WEBHOOK_URL: eventsWebhookUrl
+      EVENTS_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.eventsWebhookKeyUri})'
     }
   }
 }

@@ -26,6 +26,7 @@ DEFAULT_SERVICENOW_PORT = 8081
 DEMO_CLIENT_ID = "automate365-demo"
 DEMO_TENANT = "contoso"
 DEMO_QUERY = "variables.team_name=Marketing"
+DEMO_CATALOG_ITEM = "0c4fa3e1db2f4410a8e5d1f3f39619a1"  # the stand-in's "New Microsoft Team"
 
 
 def _free_or_default(ports: tuple[int, ...]) -> tuple[int, ...]:
@@ -54,6 +55,69 @@ def _curl(host: LocalHost, method: str, path: str, body: dict | None = None) -> 
         parts.append("-H 'Content-Type: application/json' -d '" + json.dumps(body) + "'")
     parts.append(f'"{host.url}{path}"')
     return " \\\n    ".join(parts)
+
+
+def _keep(variable: str, command: str, field: str) -> str:
+    """`VARIABLE=$(command | take field)`, then shows it: a value later steps use."""
+    take = f"python3 -c 'import json, sys; print(json.load(sys.stdin){field})'"
+    return f"{variable}=$({command} \\\n    | {take}); echo ${variable}"
+
+
+def _trigger_steps(host: LocalHost, stack: LocalStack) -> list[tuple[str, str]]:
+    """A trigger turns each new catalog request for a team into a signed event for the engine."""
+    triggers = f"/api/tenants/{DEMO_TENANT}/connections/$CONN/triggers"
+    trigger = {
+        "name": "New Teams requests",
+        "table": "sc_req_item",
+        "query": f"cat_item={DEMO_CATALOG_ITEM}^active=true",
+        "fields": ["number", "short_description", "requested_for", "variables.team_name"],
+        "interval_seconds": 30,
+    }
+    request = {
+        "fields": {
+            "cat_item": DEMO_CATALOG_ITEM,
+            "active": "true",
+            "short_description": "New team for Sales",
+            "variables": {"team_name": "Sales"},
+        }
+    }
+    instance = stack.servicenow.url
+    received = f"{stack.event_webhook.url}/_control/received"
+    wait = (
+        f'for i in $(seq 60); do curl -s {received} | grep -q "$REQ" && break; sleep 0.5; '
+        f"done; \\\n    curl -s -w '\\n' {received}"
+    )
+    return [
+        (
+            "A trigger: every new catalog request for a team becomes an event for the engine "
+            "(the query is tried on the instance first; the push secret is shown only here)",
+            _keep("TRIG", _curl(host, "POST", triggers, trigger), '["id"]'),
+        ),
+        (
+            "Someone asks for a new team in ServiceNow (the stand-in's control API plays them)",
+            _keep(
+                "REQ",
+                f"curl -s -X POST -H 'Content-Type: application/json' -d '{json.dumps(request)}' "
+                f"{instance}/_control/tables/sc_req_item/records",
+                '["sys_ids"][0]',
+            ),
+        ),
+        (
+            "Poll now (the timer polls every 30 s anyway; ServiceNow can also push a hint)",
+            _curl(host, "POST", f"{triggers}/$TRIG/poll"),
+        ),
+        ("The signed event arrives at the engine's webhook (waits up to 30 s)", wait),
+        ("The trigger's events, oldest first", _curl(host, "GET", f"{triggers}/$TRIG/events")),
+        (
+            "The automation the event starts reads the request through the proxy",
+            _curl(
+                host,
+                "GET",
+                f"/api/tenants/{DEMO_TENANT}/connections/$CONN/servicenow/api/now/table/"
+                "sc_req_item/$REQ?sysparm_fields=number,short_description,variables.team_name",
+            ),
+        ),
+    ]
 
 
 def _demo_request(stack: LocalStack) -> str:
@@ -118,10 +182,7 @@ def _quick_start(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> st
         ),
         (
             "Create an API-token connection to the bundled ServiceNow stand-in; keep its id",
-            "CONN=$("
-            + _curl(host, "POST", base, api_token)
-            + " \\\n    | python3 -c 'import json, sys; print(json.load(sys.stdin)[\"id\"])')"
-            + "; echo $CONN",
+            _keep("CONN", _curl(host, "POST", base, api_token), '["id"]'),
         ),
         ("Create an OAuth 2.0 connection", _curl(host, "POST", base, oauth)),
         ("List them: both 'connected'", _curl(host, "GET", base)),
@@ -130,6 +191,7 @@ def _quick_start(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> st
             _curl(host, "POST", base, wrong),
         ),
         *_proxy_steps(host, stack),
+        *_trigger_steps(host, stack),
         ("Run the renewal sweep now (master key; answers 202)", admin),
     ]
     return "\n\n".join(f"# {title}\n{command}" for title, command in steps)

@@ -471,7 +471,11 @@ def test_no_setting_or_output_holds_a_key_or_secret(templates):
 
     # Each @secure() value ends in a Key Vault secret, never in a setting.
     main = templates["main.bicep"]
-    assert tainted_symbols(main) == {"notifyWebhookSecret", "graphClientSecret"}
+    assert tainted_symbols(main) == {
+        "notifyWebhookSecret",
+        "eventsWebhookSecret",
+        "graphClientSecret",
+    }
     service = resource_config(main["modules"]["functionApp"])["params"]["serviceSettings"]
     assert not references(service) & tainted_symbols(main)
 

@@ -36,6 +36,13 @@ param notifyWebhookSecretName string
 @secure()
 param notifyWebhookSecret string
 
+@description('Name of the secret that holds the HMAC key of the events webhook.')
+param eventsWebhookSecretName string
+
+@description('Value for the events webhook secret; empty leaves the secret as it is in the vault.')
+@secure()
+param eventsWebhookSecret string
+
 @description('Name of the secret that holds the Microsoft Graph client secret.')
 param graphClientSecretName string
 
@@ -85,6 +92,17 @@ module webhookSecret 'key-vault-secret.bicep' = if (!empty(notifyWebhookSecret))
   }
 }
 
+module eventsSecret 'key-vault-secret.bicep' = if (!empty(eventsWebhookSecret)) {
+  name: 'secret-events-webhook'
+  params: {
+    vaultName: vault.name
+    name: eventsWebhookSecretName
+    value: eventsWebhookSecret
+    contentType: 'application/vnd.automate365.webhook-hmac-key'
+    expiry: secretExpiry
+  }
+}
+
 module graphSecret 'key-vault-secret.bicep' = if (!empty(graphClientSecret)) {
   name: 'secret-graph-client'
   params: {
@@ -113,7 +131,8 @@ resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
 output id string = vault.id
 output name string = vault.name
 output uri string = vault.properties.vaultUri
-// Versionless URIs of the two secrets: addresses, not values (so no "secret" in the output names).
+// Versionless URIs of the secrets: addresses, not values (so no "secret" in the output names).
 // A Key Vault reference to one follows the newest version.
 output notifyWebhookKeyUri string = '${vault.properties.vaultUri}secrets/${notifyWebhookSecretName}'
+output eventsWebhookKeyUri string = '${vault.properties.vaultUri}secrets/${eventsWebhookSecretName}'
 output graphCredentialUri string = '${vault.properties.vaultUri}secrets/${graphClientSecretName}'
