@@ -66,8 +66,9 @@ def parameters() -> dict[str, Schema]:
         "AutomationId": _parameter(
             "X-Automation-Id",
             "header",
-            {"type": "string", "maxLength": 200},
-            "Optional: the calling automation, recorded with the call.",
+            {"type": "string"},
+            "Optional: the calling automation, recorded with the call (its first 200 "
+            "characters, control characters removed).",
             False,
         ),
     }

@@ -10,7 +10,6 @@ raises `DeliveryError`, so the queue retries the message (and poisons it after 5
 """
 
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -23,16 +22,20 @@ from urllib.parse import quote
 import msal
 import requests
 
+from renewal.webhook import (
+    TIMEOUT,
+    UNRESOLVED_REFERENCE,
+    WebhookFailure,
+    post_signed,
+)
+
 log = logging.getLogger(__name__)
 
-TIMEOUT = (5, 15)
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 GRAPH_SETTINGS = ("GRAPH_TENANT_ID", "GRAPH_CLIENT_ID", "GRAPH_CLIENT_SECRET", "GRAPH_SENDER")
 APP_PATH = "the BindTuning App > Automate365 > Connections"
-# What an app setting holds when App Service could not resolve its Key Vault reference.
-UNRESOLVED_REFERENCE = "@Microsoft.KeyVault("
 
 NOTICE_FIELDS = (
     "notice_id",
@@ -214,10 +217,6 @@ def webhook_body(notice: dict[str, Any]) -> bytes:
     return json.dumps(notice, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-
-
 def _webhook_channel(
     notice: dict[str, Any], settings: Mapping[str, str], session: requests.Session
 ) -> None:
@@ -226,31 +225,18 @@ def _webhook_channel(
         _log_outcome(notice, "webhook", "skipped (NOTIFY_WEBHOOK_URL is not set)")
         return
     secret = settings.get("NOTIFY_WEBHOOK_SECRET") or ""
-    if not secret:
-        raise _fail(notice, "webhook", "NOTIFY_WEBHOOK_SECRET is not set")
-    if secret.startswith(UNRESOLVED_REFERENCE):
-        raise _fail(notice, "webhook", "NOTIFY_WEBHOOK_SECRET is an unresolved Key Vault reference")
-    body = webhook_body(notice)
-    headers = {
-        "Content-Type": "application/json; charset=utf-8",
-        "X-Signature": signature(secret, body),
-        "X-Notice-Id": notice["notice_id"],
-    }
     try:
         # The URL is not logged nor put in errors: a webhook URL may carry a token of its own.
-        with session.post(
+        status = post_signed(
+            session,
             url,
-            data=body,
-            headers=headers,
-            timeout=TIMEOUT,
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            status = response.status_code
-    except requests.RequestException as error:
-        raise _fail(notice, "webhook", type(error).__name__) from None
-    if not 200 <= status < 300:
-        raise _fail(notice, "webhook", f"the receiver answered {status}")
+            secret,
+            "NOTIFY_WEBHOOK_SECRET",
+            webhook_body(notice),
+            ("X-Notice-Id", notice["notice_id"]),
+        )
+    except WebhookFailure as failure:
+        raise _fail(notice, "webhook", failure.reason) from None
     _log_outcome(notice, "webhook", f"delivered ({status})")
 
 

@@ -21,8 +21,8 @@ from werkzeug.wrappers import Response
 from connections.services import services
 from localrun.server import BackgroundServer
 from localrun.standins.receivers import EventReceiver, sign
-from renewal.notifier import signature
-from triggers import delivery
+from renewal import webhook
+from renewal.webhook import signature
 from triggers.delivery import EventDeliveryError, deliver
 from triggers.events import Emitted, list_key, seen_key
 from triggers.poller import event_id
@@ -269,7 +269,7 @@ def test_a_redirect_is_not_followed(stack, ts, receiver) -> None:
 
 
 def test_the_timeouts_are_bounded() -> None:
-    connect, read = delivery.TIMEOUT
+    connect, read = webhook.TIMEOUT  # what every signed POST (notices, events) waits at most
     assert 0 < connect <= 10 and 0 < read <= 30
 
 

@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response
 
 from localrun.server import BackgroundServer
 from localrun.standins.receivers import GraphStandIn, WebhookReceiver, sign
-from renewal import notifier
+from renewal import notifier, webhook
 from renewal.notifier import DeliveryError, InvalidNotice, deliver_notice
 from tests.receiver_fixtures import (
     CLIENT_ID,
@@ -110,7 +110,7 @@ def test_the_signature_covers_exactly_the_bytes_sent() -> None:
     assert body == json.dumps(
         notice() | {"connection_name": "Contoso ÅS"}, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")
-    assert notifier.signature(WEBHOOK_SECRET, body) == sign(WEBHOOK_SECRET, body)
+    assert webhook.signature(WEBHOOK_SECRET, body) == sign(WEBHOOK_SECRET, body)
 
 
 def test_each_event_mail_says_what_to_do(settings: dict[str, str], graph: GraphStandIn) -> None:

@@ -6,7 +6,7 @@ The queue message (`servicenow-events`, written by the poller or by a redelivery
 - A copy of an event already delivered (its `sn-` entity carries `DeliveredAt`) is dropped,
   unless the message asks for a redelivery.
 - The body is signed as notices are (`X-Signature: sha256=<hex HMAC-SHA256 of the body with
-  EVENTS_WEBHOOK_SECRET>`, the notifier's `signature()`), with `X-Event-Id` = the body's
+  EVENTS_WEBHOOK_SECRET>`, `renewal.webhook.post_signed`), with `X-Event-Id` = the body's
   `event_id`; no redirect is followed and both timeouts are bounded.
 - A 2xx marks the version delivered. Anything else raises `EventDeliveryError`, so the queue tries
   the message again and, after 5 tries, the host moves it to `servicenow-events-poison` (the
@@ -27,13 +27,12 @@ from typing import Any
 import requests
 from azure.core.exceptions import AzureError
 
-from renewal.notifier import UNRESOLVED_REFERENCE, signature
+from renewal.webhook import WebhookFailure, post_signed
 from triggers.events import SEEN
 from triggers.services import TriggerServices
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = (5, 15)  # connect, read (seconds)
 URL_SETTING = "EVENTS_WEBHOOK_URL"
 SECRET_SETTING = "EVENTS_WEBHOOK_SECRET"  # noqa: S105 -- the setting's name
 MAX_TRIES = 5  # host.json `maxDequeueCount`: the try after which the host poisons the message
@@ -140,36 +139,15 @@ def _post(
     url = (settings.get(URL_SETTING) or "").strip()
     if not url:
         raise fail(f"{URL_SETTING} is not set")
-    secret = settings.get(SECRET_SETTING) or ""
-    if not secret.strip():
-        raise fail(f"{SECRET_SETTING} is not set")
-    if secret.startswith(UNRESOLVED_REFERENCE):
-        raise fail(f"{SECRET_SETTING} is an unresolved Key Vault reference")
-    headers = {
-        "Content-Type": "application/json; charset=utf-8",
-        "X-Signature": signature(secret, body),
-        "X-Event-Id": event_id,
-    }
     session = http or requests.Session()
     try:
-        with session.post(
-            url,
-            data=body,
-            headers=headers,
-            timeout=TIMEOUT,
-            allow_redirects=False,
-            stream=True,  # the answer's body is never read
-        ) as response:
-            status = response.status_code
-    except requests.RequestException as error:
-        # Only the type: the text of a requests error quotes the URL.
-        raise fail(type(error).__name__) from None
+        secret = settings.get(SECRET_SETTING) or ""
+        return post_signed(session, url, secret, SECRET_SETTING, body, ("X-Event-Id", event_id))
+    except WebhookFailure as failure:
+        raise fail(failure.reason) from None
     finally:
         if http is None:
             session.close()
-    if not 200 <= status < 300:
-        raise fail(f"the receiver answered {status}")
-    return status
 
 
 def _log(

@@ -376,7 +376,7 @@ def paths() -> dict[str, Schema]:
                         "while the trigger is paused).",
                         _ref("HintAccepted"),
                     ),
-                    "default": _HOOK_REFUSED,
+                    "401": _HOOK_REFUSED,
                 },
                 ["503"],
                 {},
