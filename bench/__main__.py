@@ -32,7 +32,7 @@ FULL = {
     "proxy_calls": 500,
     "proxy_load": 2000,
     "trigger_burst": 10_000,
-    "trigger_deliveries": 10_000,
+    "trigger_deliveries": 2000,
     "trigger_idle_polls": 20,
     "trigger_latency": 50,
     "trigger_cycles": 3,
@@ -96,22 +96,6 @@ def run(sizes: dict[str, int]) -> dict[str, Any]:
             results["proxy"] = proxy.proxy_figures(
                 env, client, host, sizes["proxy_calls"], sizes["proxy_load"]
             )
-            _step(
-                f"triggers: a burst of {sizes['trigger_burst']:,} changed records, "
-                f"{sizes['trigger_deliveries']:,} deliveries at concurrency "
-                f"{triggers.CONCURRENCY}, {sizes['trigger_idle_polls']} idle polls each way, "
-                f"{sizes['trigger_cycles']} poll cycles of {sizes['trigger_latency']} records"
-            )
-            results["triggers"] = triggers.trigger_figures(
-                env,
-                client,
-                host,
-                sizes["trigger_burst"],
-                sizes["trigger_deliveries"],
-                sizes["trigger_idle_polls"],
-                sizes["trigger_latency"],
-                sizes["trigger_cycles"],
-            )
         finally:
             host.stop()
         _step(f"sweep throughput and memory: {sizes['sweep']} due OAuth connections")
@@ -126,6 +110,27 @@ def run(sizes: dict[str, int]) -> dict[str, Any]:
         results["idle"] = sweep.cost_when_little_is_due(
             env, app_services, sizes["idle"], sizes["idle_due"]
         )
+        # Last: the burst leaves its messages in Azurite's queues (see bench/triggers.py).
+        _step(
+            f"triggers: {sizes['trigger_cycles']} poll cycles of {sizes['trigger_latency']} "
+            f"records, {sizes['trigger_idle_polls']} idle polls each way, a burst of "
+            f"{sizes['trigger_burst']:,} changed records, {sizes['trigger_deliveries']:,} "
+            f"deliveries at concurrency {triggers.CONCURRENCY}"
+        )
+        host = api.start_host()
+        try:
+            results["triggers"] = triggers.trigger_figures(
+                env,
+                api.Client(host.url),
+                host,
+                sizes["trigger_burst"],
+                sizes["trigger_deliveries"],
+                sizes["trigger_idle_polls"],
+                sizes["trigger_latency"],
+                sizes["trigger_cycles"],
+            )
+        finally:
+            host.stop()
     results["seconds"] = time.perf_counter() - started
     results["machine"]["load average at end (1 / 5 / 15 min)"] = machine.load_average()
     return results

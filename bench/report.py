@@ -8,6 +8,11 @@ SPEEDUP_TARGET = 15.0
 LATENCY_TARGET = 2.0
 PROXY_ADDED_TARGET_MS = 3.0
 PROXY_THROUGHPUT_TARGET = 0.6
+QUEUED_TARGET = 0.6
+CALLS_PER_1000_TARGET = 3.0
+IDLE_CALLS_TARGET = 1
+IDLE_REQUESTS_TARGET = 2
+LATENCY_P95_TARGET_S = 35.0
 
 
 def _ok(met: bool) -> str:
@@ -177,8 +182,11 @@ def render(results: dict[str, Any]) -> str:
     vault_row = f"| 5. Key Vault calls | {vault_ops} | — | see below | printed | yes |"
     lines += [*sweep_rows, idle_row, import_row, *latency_rows, vault_row, memory_row]
     lines += proxy_rows
+    trigger_rows, _ = _trigger_rows(results["triggers"])
+    lines += trigger_rows
     lines += ["", *_sweep_detail(sweep, idle), "", *_idle_detail(idle), "", *_vault_detail(results)]
     lines += ["", *_proxy_detail(results["proxy"])]
+    lines += ["", *_trigger_detail(results["triggers"])]
     return "\n".join(lines) + "\n"
 
 
@@ -345,4 +353,213 @@ def _proxy_detail(proxy: dict[str, Any]) -> list[str]:
         "API token is read from "
         "Key Vault once per secret version and then held in memory."
     )
+    return lines
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
+def _s(value: float) -> str:
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def _trigger_rows(triggers: dict[str, Any]) -> tuple[list[str], bool]:
+    burst, bare, delivery = triggers["burst"], triggers["bare"], triggers["delivery"]
+    idle, latency = triggers["idle"], triggers["latency"]
+    n = burst["records"]
+    fast = triggers["ratio"] >= QUEUED_TARGET
+    calls = burst["instance_calls_per_1000"]
+    few_calls = calls <= CALLS_PER_1000_TARGET
+    warm, cold = idle["warm"], idle["cold"]
+    cheap = (
+        warm["instance_calls"] <= IDLE_CALLS_TARGET
+        and warm["table_requests"] <= IDLE_REQUESTS_TARGET
+    )
+    total, measured = latency["total"], latency["measured"]
+    soon = total["p95"] <= LATENCY_P95_TARGET_S
+    delivered_ok = (
+        delivery["accepted"] == delivery["events"]
+        and delivery["duplicates"] == 0
+        and delivery["invalid_signatures"] == 0
+    )
+    warm_by = ", ".join(f"{name} {count:g}" for name, count in warm["by_table"].items())
+    rows = [
+        f"| 8. triggers: burst, events queued | {n:,} matching records changed by one bulk "
+        f"update, the trigger polled directly in the bench process until caught up "
+        f"({_count(len(burst['polls']), 'poll')}): "
+        f"**{burst['queued_per_second']:.0f} events queued/s** "
+        f"(the last queued {_s(burst['last_queued_seconds'])} after the poll's start); the whole "
+        f"poll, events recorded and cursor moved, {_s(burst['whole_seconds'])} "
+        f"| bare `azure-storage-queue` `send_message` loop, the same {bare['messages']:,} JSON "
+        f"bodies one after another to a fresh queue: {bare['per_second']:.0f}/s "
+        f"({_s(bare['seconds'])}) | **{triggers['ratio']:.2f}x** the bare loop "
+        f"| ≥ {QUEUED_TARGET}x | {_ok(fast)} |",
+        f"| 8. triggers: instance calls per 1,000 events | **{calls:.1f}** "
+        f"({burst['instance_calls']} Table API requests for the burst's {n:,} events, from the "
+        f"stand-in's request log) | — | — | ≤ {CALLS_PER_1000_TARGET:.0f} | {_ok(few_calls)} |",
+        f"| 8. triggers: delivery | {delivery['events']:,} of the burst's events by "
+        f"`triggers.delivery.deliver`, {delivery['concurrency']} at once, to the event receiver "
+        f"(signature checked): **{delivery['per_second']:.0f} events/s**; {delivery['accepted']:,} "
+        f"accepted, {delivery['duplicates']} duplicates, {delivery['invalid_signatures']} bad "
+        f"signatures | — | — | printed | {_ok(delivered_ok)} |",
+        f"| 8. triggers: idle poll | nothing new, polled by the worker that polled it last: "
+        f"**{warm['instance_calls']} instance call, {warm['table_requests']} table requests** "
+        f"({warm_by}), p50 {_ms(warm['p50_ms'])} ({idle['polls']} polls); on a cold worker "
+        f"(the trigger not in memory): {cold['instance_calls']} instance call, "
+        f"{cold['table_requests']} table requests (the trigger read too), p50 "
+        f"{_ms(cold['p50_ms'])} | — | — | {IDLE_CALLS_TARGET} instance call, "
+        f"≤ {IDLE_REQUESTS_TARGET} table requests | {_ok(cheap)} |",
+        f"| 8. triggers: latency | record visible → its event at the receiver, polled every "
+        f"{latency['interval']} s: p95 **{_s(total['p95'])}**, p50 {_s(total['p50'])}, max "
+        f"{_s(total['max'])} ({latency['samples']} records, "
+        f"{_count(latency['cycles'], 'poll cycle')}; "
+        f"the wait for the poll simulated, the rest measured) | the pipeline alone (poll "
+        f"boundary → event at the receiver, measured through the host's listeners): p50 "
+        f"{_s(measured['p50'])}, p95 {_s(measured['p95'])} | p95 = {_s(total['p95'])} "
+        f"| ≤ {LATENCY_P95_TARGET_S:.0f} s | {_ok(soon)} |",
+    ]
+    return rows, fast and few_calls and cheap and soon and delivered_ok
+
+
+def _trigger_detail(triggers: dict[str, Any]) -> list[str]:
+    burst, bare, delivery = triggers["burst"], triggers["bare"], triggers["delivery"]
+    idle, latency = triggers["idle"], triggers["latency"]
+    n = burst["records"]
+    cores = os.cpu_count() or 1
+    polls = "; ".join(
+        f"`{poll['outcome']}` ending at {_s(poll['seconds'])}" for poll in burst["polls"]
+    )
+    paths = ", ".join(f"{path} {count}" for path, count in sorted(burst["instance_paths"].items()))
+    requests = ", ".join(
+        f"{name} {count}" for name, count in sorted(burst["table_requests"].items())
+    )
+    poll_cpu, bare_cpu = burst["cpu_per_event_ms"], bare["cpu_per_message_ms"]
+    bare_serial = bare_cpu["bench"] + bare_cpu["azurite"]
+    phases = burst["phases"]
+    rest = burst["whole_seconds"] - sum(phase["seconds"] for phase in phases.values())
+    queue = phases["queue"]
+    lines = [
+        "## Triggers, in detail",
+        "",
+        "- Set-up: an API-token connection made through the API; the burst and idle triggers "
+        "written straight into the trigger store (as `tests/trigger_support.TriggerWorld` "
+        "writes them, with no due entry, so only the bench polls them); `triggers.poller.poll` "
+        "run directly in the bench process on the app's `TriggerServices` with queues of the "
+        "bench's own and every table client wrapped to count its requests (as for figure 2). "
+        "Instance calls are the Table API requests in the ServiceNow stand-in's request log. "
+        "The event receiver (`bench/standins.py`: the stack's `EventReceiver` checks, "
+        "`X-Signature` and `X-Event-Id`) runs in the stand-ins' process. This figure runs "
+        "last, in the order latency, idle polls, burst, bare loop, deliveries, and leaves the "
+        "burst's and the bare loop's messages in their queues: Azurite scans every stored "
+        "message on each queue receive and delete, and its queue GC removes deleted messages "
+        "at a cost that grows with their number (see `bench/triggers.py`).",
+        f"- The burst: {n:,} `incident` records matching the trigger's query "
+        f"(`category=network^active=true`), last changed in 2020, all changed by one bulk "
+        f"update after the trigger's start (sharing {_count(burst['seconds_changed'], 'second')} "
+        f"of `sys_updated_on`). Polls: {polls}. "
+        f"Instance calls: {paths} (keyset pages of 1,000, the last ones empty). Table requests: "
+        f"{requests} ({burst['table_requests_total']} in all: the events recorded in "
+        "entity-group transactions of 100 entities, two per event; range queries of the "
+        "trigger's partition for the versions already emitted and, after emitting, for events "
+        "past retention to prune; the lease and the cursor as merges of the trigger). The "
+        "first event was queued "
+        f"{_s(burst['first_queued_seconds'])} after the poll's start; each message is "
+        f"{burst['message_bytes']:.0f} bytes of JSON before base64.",
+        f"- Where the whole poll's {_s(burst['whole_seconds'])} went: reading "
+        f"{_count(phases['read']['n'], 'page')} from the instance "
+        f"{_s(phases['read']['seconds'])}; queuing the events ({_count(queue['n'], 'batch')} "
+        f"of `send_all`, {burst['senders']} sends at once) {_s(queue['seconds'])}, "
+        f"{n / queue['seconds']:.0f} events/s while sending; recording them "
+        f"({_count(phases['record']['n'], 'call')} of `EventLog.record`, its transactions one "
+        f"after another) {_s(phases['record']['seconds'])}; the rest (the trigger and "
+        f"connection reads, the versions already emitted, events built, lease, cursor, "
+        f"pruning) {_s(rest)}. Each page is read, queued and recorded before the next is "
+        "read, so these add up rather than overlap.",
+        f"- CPU per event during the burst: {_cpu(poll_cpu)}; the bare loop, per message: "
+        f"{_cpu(bare_cpu)} (`bench` is this process: the poll, or the bare loop).",
+        f"- What bounds the poll's rate here: it reads, builds, queues ({burst['senders']} "
+        "sends at once, `JsonQueue.send_all`) and records each page before reading the next, "
+        f"all under one GIL, so at most {1000 / poll_cpu['bench']:.0f} events/s from the bench "
+        f"process's {poll_cpu['bench']:.2f} ms of CPU per event; the bare loop sends one after "
+        f"another, so each message waits for its own round trip: about {bare_serial:.2f} ms of "
+        "the two processes' CPU per message in series "
+        f"(at most {1000 / bare_serial:.0f}/s).",
+    ]
+    if triggers["ratio"] < QUEUED_TARGET:
+        needed = QUEUED_TARGET * bare["per_second"]
+        lines.append(
+            f"- What {QUEUED_TARGET}x would need here: {needed:.0f} events queued/s, so at most "
+            f"{1000 / needed:.2f} ms of the bench process's CPU per event from the poll's start "
+            f"to its last event queued (measured {poll_cpu['bench']:.2f} ms for the whole "
+            f"poll) and at most {cores * 1000 / needed:.2f} ms in all processes together "
+            f"(measured {sum(poll_cpu.values()):.2f} ms)."
+        )
+    deliver_cpu = delivery["cpu_per_event_ms"]
+    requests = ", ".join(
+        f"{name} {count}" for name, count in sorted(delivery["table_requests"].items())
+    )
+    lines += [
+        f"- Delivery: the first {delivery['events']:,} of the burst's queued messages, each "
+        f"handed to `deliver` as `deliver_event` hands it (the queue's receive and delete are "
+        f"the host's and not included), {delivery['concurrency']} at once (host.json "
+        f"`batchSize`); {delivery['events']:,} in {_s(delivery['seconds'])}. Each delivery: "
+        "whether it was delivered already (a read of its `sn-` entity), the signed POST on a "
+        "new connection (a `requests` session per event, as `deliver_event` makes), then the "
+        f"mark (a merge): table requests {requests} "
+        f"({delivery['table_requests_per_event']:.2f} per event). CPU per event: "
+        f"{_cpu(deliver_cpu)} (`stand-ins` is the receiver). The bench process's CPU, under "
+        f"one GIL, allows at most {1000 / deliver_cpu['bench']:.0f} deliveries/s; all "
+        f"processes together on {cores} cores at most "
+        f"{cores * 1000 / sum(deliver_cpu.values()):.0f}/s.",
+    ]
+    warm, cold = idle["warm"], idle["cold"]
+
+    def by(run: dict[str, Any]) -> str:
+        return ", ".join(f"{name} {count:g}" for name, count in run["by_table"].items())
+
+    lines.append(
+        f"- Idle poll: a `problem` trigger whose query matches {idle['records']:,} records, none "
+        "changed since long before the trigger started, polled once, then "
+        f"{idle['polls']} times by the same worker (warm) and {idle['polls']} times with the "
+        "poller's memory of triggers (`KNOWN`) cleared before each (cold). Per poll, warm: "
+        f"{warm['instance_calls']} instance call (the one keyset page, empty), "
+        f"{warm['table_requests']} table requests ({by(warm)}: the connection's record and the "
+        f"trigger's new position), {warm['vault_calls']} Key Vault calls; cold: "
+        f"{cold['instance_calls']} instance call, {cold['table_requests']} table requests "
+        f"({by(cold)}), {cold['vault_calls']} Key Vault calls (the API token is held in "
+        "memory by every worker that has read it; a new process adds one Key Vault `get`). "
+        "Every poll of each kind cost the same."
+    )
+    total, measured, wait = latency["total"], latency["measured"], latency["wait"]
+    parts = latency["parts"]
+    lines += [
+        f"- Latency, how: a trigger on `sc_req_item` made through the API (interval "
+        f"{latency['interval']} s), served by the local host's `poll_trigger` and "
+        f"`deliver_event` queue listeners (host.json: batches of {latency['batch_size']}, handled "
+        "one after another by the local host, and an idle queue read at most every "
+        f"{latency['max_polling_seconds']:.0f} s). In each of "
+        f"{_count(latency['cycles'], 'cycle')}: the "
+        f"trigger's due entry set to now (the simulated {latency['interval']} s since its last "
+        "poll have passed), the listeners left idle "
+        "for 2.5 s (so they wait between queue reads as long as they do between polls), "
+        f"{latency['records']} matching records made visible in the stand-in, then, at the poll "
+        "boundary, the `trigger_dispatch` timer function run, as the timer runs it; the time "
+        "from that boundary to each event's arrival at the receiver (its clock, `time.time()` "
+        "on the same machine) is measured. Each record is also given a moment, uniformly "
+        f"random within the {latency['interval']} s before the boundary, at which it became "
+        "visible; its latency is the simulated wait from that moment to the boundary plus its "
+        "measured time.",
+        f"- Latency, figures: total p50 {_s(total['p50'])}, p95 {_s(total['p95'])}, max "
+        f"{_s(total['max'])}; of it the simulated wait p50 {_s(wait['p50'])}, p95 "
+        f"{_s(wait['p95'])}, and the measured pipeline p50 {_s(measured['p50'])}, p95 "
+        f"{_s(measured['p95'])}, max {_s(measured['max'])}. The pipeline's parts (medians "
+        f"over the cycles): the boundary to the poll's start {_s(parts['to_poll'])} (the "
+        "dispatch, then the listener's next queue read), the poll "
+        f"{_s(parts['poll'])}, its end to the first event at the receiver "
+        f"{_s(parts['to_first'])}, the first to the last event {_s(parts['first_to_last'])} "
+        f"(the local listener delivers one at a time). {latency['duplicates']} duplicates, "
+        f"{latency['refused']} refused. The floor is the interval itself: a record made "
+        f"visible just after a poll waits {latency['interval']} s for the next.",
+    ]
     return lines

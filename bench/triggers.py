@@ -15,9 +15,19 @@ the time from a record becoming visible to its event reaching the receiver, poll
 
 The event receiver is `bench.standins.BenchEventReceiver` (the stack's `EventReceiver` checks) in
 the stand-ins' process; `EVENTS_WEBHOOK_URL` and `EVENTS_WEBHOOK_SECRET` come from there.
+
+Azurite's queues and the order here: Azurite keeps every queue's messages in one in-memory
+collection, and each receive or delete scans it (with 20,000 messages waiting elsewhere, receiving
+and deleting 200 took minutes), while each deleted message leaves an extent that its queue GC,
+every 60 s, removes at a cost that grows with their number (4,000 took it about 40 s at 60% of a
+core). So the latency, whose host listeners receive and delete, runs first, on near-empty queues;
+then the idle polls, the burst and the bare loop, whose messages stay where they are, unread and
+undeleted (the run ends with this figure, and Azurite with it); the deliveries, which touch no
+queue, come last.
 """
 
 import dataclasses
+import functools
 import json
 import random
 import statistics
@@ -90,12 +100,12 @@ def trigger_figures(
     cycles: int,
 ) -> dict[str, Any]:
     connection_id = _api_token_connection(env, client)
+    latency = _latency(env, client, host, connection_id, latency_records, cycles)
+    idle = _idle(env, connection_id, idle_polls)
     burst_run = _burst(env, connection_id, burst)
     messages = burst_run.pop("messages")
     bare = _bare_sends(env, messages)
     delivery = _delivery(env, messages[:deliveries], burst_run["trigger_id"])
-    idle = _idle(env, connection_id, idle_polls)
-    latency = _latency(env, client, host, connection_id, latency_records, cycles)
     return {
         "burst": burst_run,
         "bare": bare,
@@ -129,7 +139,6 @@ class TimedQueue(JsonQueue):
 
     def __init__(self, queue: QueueClient) -> None:
         super().__init__(queue)
-        self.queue = queue
         self.sent: list[tuple[float, dict[str, Any]]] = []
 
     def send(self, message: dict[str, Any], delay_seconds: int = 0) -> None:
@@ -137,9 +146,15 @@ class TimedQueue(JsonQueue):
         self.sent.append((time.perf_counter(), message))
 
 
+@functools.cache
+def _bench_queue(kind: str) -> JsonQueue:
+    """A queue of the bench's own (made once per run), so nothing else reads what lands there."""
+    return JsonQueue(queue_client(_fresh(f"bench-{kind}")))
+
+
 def _counted(counts: measure.TableCounts, deliveries: JsonQueue | None = None) -> TriggerServices:
-    """The app's trigger services with every table request counted, the bench's own poll
-    queue, and `deliveries` (default: a fresh queue) for the events."""
+    """The app's trigger services with every table request counted, the bench's own queues for
+    polls and (unless `deliveries` is given) events."""
     base = trigger_services()
 
     def table(name: str) -> Any:
@@ -151,8 +166,8 @@ def _counted(counts: measure.TableCounts, deliveries: JsonQueue | None = None) -
         services=services,
         triggers=TriggerStore(table(TRIGGERS_TABLE)),
         events=EventLog(table(EVENTS_TABLE)),
-        deliveries=deliveries or JsonQueue(queue_client(_fresh("bench-events"))),
-        polls=JsonQueue(queue_client(_fresh("bench-polls"))),
+        deliveries=deliveries or _bench_queue("events"),
+        polls=_bench_queue("polls"),
     )
 
 
@@ -226,7 +241,9 @@ def _burst(env: BenchEnv, connection_id: str, records: int) -> dict[str, Any]:
     """`records` matching records, last changed long ago, all changed by one bulk update after
     the trigger's start; then the trigger polled until caught up."""
     _create_records(env, BURST_TABLE, BURST_RECORD, records, sys_updated_on=OLD)
-    trigger = _add_trigger(connection_id, "Network incidents", BURST_TABLE, BURST_QUERY, BURST_FIELDS)
+    trigger = _add_trigger(
+        connection_id, "Network incidents", BURST_TABLE, BURST_QUERY, BURST_FIELDS
+    )
     update = f"/_control/tables/{BURST_TABLE}/records/update"
     changed = env.servicenow("POST", update, fields={"state": "2"}, query=BURST_QUERY)["sys_ids"]
     if len(changed) != records:
@@ -234,15 +251,23 @@ def _burst(env: BenchEnv, connection_id: str, records: int) -> dict[str, Any]:
     counts = measure.TableCounts()
     events = TimedQueue(queue_client(_fresh("bench-events")))
     ts = _counted(counts, events)
+    phases: dict[str, list[float]] = {"read": [], "queue": [], "record": []}
+    real_read = poller._read_page
+    poller._read_page = _durations(real_read, phases["read"])  # `_page` calls it by name
+    events.send_all = _durations(events.send_all, phases["queue"])  # type: ignore[method-assign]
+    ts.events.record = _durations(ts.events.record, phases["record"])  # type: ignore[method-assign]
     _clear_instance_log(env)
     cpu = _Cpu(env)
     polls = []
     started = time.perf_counter()
-    while True:
-        outcome = poller.poll(ts, TENANT, trigger.id)
-        polls.append({"outcome": outcome, "seconds": time.perf_counter() - started})
-        if not outcome.startswith("more") or len(polls) >= 50:
-            break
+    try:
+        while True:
+            outcome = poller.poll(ts, TENANT, trigger.id)
+            polls.append({"outcome": outcome, "seconds": time.perf_counter() - started})
+            if not outcome.startswith("more") or len(polls) >= 50:
+                break
+    finally:
+        poller._read_page = real_read
     whole = time.perf_counter() - started
     spent = cpu.spent()
     calls = _instance_calls(env)
@@ -254,7 +279,6 @@ def _burst(env: BenchEnv, connection_id: str, records: int) -> dict[str, Any]:
     record = trigger_services().triggers.get(TENANT, trigger.id)
     if record.events_emitted != records or record.scan_from:
         raise RuntimeError(f"the trigger is not caught up: {record.events_emitted} emitted")
-    events.queue.delete_queue()
     to_last = max(moment for moment, _ in sent) - started
     return {
         "trigger_id": trigger.id,
@@ -264,6 +288,8 @@ def _burst(env: BenchEnv, connection_id: str, records: int) -> dict[str, Any]:
         "first_queued_seconds": min(moment for moment, _ in sent) - started,
         "last_queued_seconds": to_last,
         "queued_per_second": records / to_last,
+        "seconds_changed": len({message["event"]["sys_updated_on"] for _, message in sent}),
+        "phases": {name: {"n": len(took), "seconds": sum(took)} for name, took in phases.items()},
         "instance_calls": len(calls),
         "instance_calls_per_1000": len(calls) * 1000 / records,
         "instance_paths": dict(Counter(f"{call['method']} {call['path']}" for call in calls)),
@@ -295,7 +321,6 @@ def _bare_sends(env: BenchEnv, messages: list[dict[str, Any]]) -> dict[str, Any]
         queue.send_message(text)
     elapsed = time.perf_counter() - started
     spent = cpu.spent()
-    queue.delete_queue()
     queue.close()
     return {
         "messages": len(texts),
@@ -466,6 +491,19 @@ def _latency(
         "batch_size": host.config.queues.batch_size,
         "max_polling_seconds": host.config.queues.max_polling_interval.total_seconds(),
     }
+
+
+def _durations(inner: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
+    """`inner`, noting how long each call took."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            sink.append(time.perf_counter() - started)
+
+    return timed
 
 
 def _timing(inner: Callable[..., Any], sink: list[tuple[float, float]]) -> Callable[..., Any]:

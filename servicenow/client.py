@@ -16,6 +16,7 @@ from servicenow.outbound import (
     OutboundResponse,
     safe_request,
 )
+from servicenow.table_api import json_or_none
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +190,6 @@ def _retry_after(response: OutboundResponse) -> float:
     return max(0.0, min(seconds, MAX_RETRY_AFTER))
 
 
-def _json_or_none(response: OutboundResponse) -> Any:
-    try:
-        return response.json()
-    except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
-        return None
-
-
 def _not_json(response: OutboundResponse) -> Unreachable:
     content_type = response.headers.get("Content-Type", "")
     if "html" in content_type.lower() or response.content.lstrip()[:1] == b"<":
@@ -222,7 +216,7 @@ def _general_failure(response: OutboundResponse) -> Unreachable:
 
 
 def _token_grant(response: OutboundResponse, rejected: str) -> TokenGrant:
-    body = _json_or_none(response)
+    body = json_or_none(response)
     if response.status_code in (400, 401) and isinstance(body, dict) and "error" in body:
         raise Rejected(rejected, stage="token")
     if response.status_code != 200:
@@ -250,7 +244,7 @@ def _is_error_envelope(body: Any) -> bool:
 
 def _table_readable(response: OutboundResponse, rejected: str, *, first: bool) -> bool:
     status = response.status_code
-    body = _json_or_none(response)
+    body = json_or_none(response)
     if status == 401 and first:
         raise Rejected(rejected)
     if status in (400, 401, 403, 404) and _is_error_envelope(body):

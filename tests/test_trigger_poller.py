@@ -4,17 +4,18 @@ whatever the timestamps, the paging, the late commits or the faults. Each test a
 list of event ids queued: none missing, none twice."""
 
 import logging
+import re
 import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from localrun.standins.servicenow_tables import INTEGRATION_USER
 from tests.api_client import Api
 from tests.renewal_support import DrivenClock, drive_services
-from tests.trigger_support import TriggerWorld
+from tests.trigger_support import TriggerWorld, assert_exactly
 from triggers import poller
 from triggers.model import ACTIVE, FAILING, WAITING
 
@@ -50,15 +51,6 @@ def world(app_host, stack, clock, monkeypatch, caplog) -> Iterator[TriggerWorld]
     assert response.status_code == 201, response.text
     yield TriggerWorld(stack, clock, response.json())
     assert API_TOKEN not in caplog.text
-
-
-def assert_exactly(world: TriggerWorld, expected: set[str]) -> None:
-    received = world.event_ids()
-    doubled = [event_id for event_id, count in Counter(received).items() if count > 1]
-    assert not doubled, f"{len(doubled)} events queued twice"
-    missing = expected - set(received)
-    extra = set(received) - expected
-    assert not missing and not extra, f"{len(missing)} missing, {len(extra)} unexpected"
 
 
 def test_new_and_changed_records_become_one_event_each(world):
@@ -368,3 +360,69 @@ def test_storage_down_mid_poll_loses_and_doubles_nothing(world, monkeypatch):
     assert world.read().events_emitted == 5
     seen = {message["seen"] for message in world.messages}
     assert len(seen) == 5  # the copies name the same recorded versions: delivery drops them
+
+
+def test_record_values_are_the_stored_values(world):
+    """References as sys_ids, date-times RFC 3339 UTC, `sys_mod_count` a number, also inside
+    `record` when it is one of the trigger's fields."""
+    state = world.stack.servicenow.state
+    fields = ["number", "caller_id", "opened_by", "priority", "sys_created_on", "sys_mod_count"]
+    world.create(fields=[*fields, "sys_updated_on"])
+    world.advance(1)
+    (sys_id,) = state.create_records(TABLE, {"caller_id": INTEGRATION_USER, "priority": "2"})
+    world.advance(1)
+    state.update_records(TABLE, {"priority": "1"}, sys_ids=[sys_id])
+    world.advance(2)
+    world.poll()
+    (event,) = world.received()
+    record = event["record"]
+    assert event["change"] == "updated" and event["sys_mod_count"] == 1
+    assert record["sys_mod_count"] == 1
+    assert record["caller_id"] == record["opened_by"] == INTEGRATION_USER
+    assert record["priority"] == "1"
+    for moment in (record["sys_created_on"], record["sys_updated_on"], event["sys_updated_on"]):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", moment), moment
+    assert record["sys_updated_on"] == event["sys_updated_on"]
+
+
+def test_events_older_than_the_retention_are_pruned_by_a_poll_that_emits(world):
+    state = world.stack.servicenow.state
+    trigger = world.create()
+    world.advance(1)
+    old = state.create_records(TABLE, count=3, sys_updated_on=poller.sn_time(world.clock.now()))
+    world.advance(2)
+    world.poll()
+    events = world.ts.events
+    assert len(events.page(trigger.id, None, 100, None)[0]) == 3
+    world.advance(world.ts.settings.retention_days * 86_400 + 60)
+    assert world.poll().startswith("ok (0 events)")
+    assert len(events.page(trigger.id, None, 100, None)[0]) == 3  # an idle poll prunes nothing
+    new = state.create_records(TABLE, count=2, sys_updated_on=poller.sn_time(world.clock.now()))
+    world.advance(2)
+    assert world.poll().startswith("ok (2 events)")
+    listed = events.page(trigger.id, None, 100, None)[0]
+    assert {event["event_id"] for event in listed} == world.expected_ids([(s, 0) for s in new])
+    assert events.seen_since(trigger.id, "2000-01-01 00:00:00") == {(s, 0) for s in new}
+    (gone,) = world.expected_ids([(old[0], 0)])
+    assert events.find(trigger.id, gone) is None
+    world.advance(30)
+    world.poll()
+    assert_exactly(world, world.expected_ids([(s, 0) for s in old + new]))
+
+
+def test_a_prune_that_meets_a_storage_fault_does_not_fail_the_poll(world, monkeypatch):
+    from azure.core.exceptions import ServiceRequestError
+
+    state = world.stack.servicenow.state
+    world.create()
+    world.advance(1)
+    created = state.create_records(TABLE, count=2)
+    world.advance(2)
+
+    def storage_down(*args, **kwargs):
+        raise ServiceRequestError("storage is down")
+
+    monkeypatch.setattr(world.ts.events, "prune", storage_down)
+    assert world.poll().startswith("ok (2 events)")
+    assert world.read().events_emitted == 2
+    assert_exactly(world, world.expected_ids([(s, 0) for s in created]))

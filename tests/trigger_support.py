@@ -1,23 +1,38 @@
 """A trigger wired to the test stack, polled directly, with its own queues and a driven clock."""
 
 import base64
+import contextlib
 import dataclasses
 import json
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta
 
-from azure.storage.queue import QueueClient
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from connections.clients import queue_client
 from localrun.stack import LocalStack
 from tests.renewal_support import DrivenClock
 from triggers import poller
+from triggers.events import EVENTS_TABLE, EventLog
 from triggers.model import ACTIVE, Trigger
 from triggers.poller import sn_time
 from triggers.queues import JsonQueue
 from triggers.services import TriggerServices, trigger_services
+from triggers.store import TRIGGERS_TABLE, TriggerStore
 
 CONNECTION_TABLE_FIELDS = ["number", "short_description", "variables.team_name"]
+# Storage clients that give up within a fraction of a second (as tests/test_faults.py's): a poll
+# meeting a stopped Azurite fails at once instead of after the app's bounded retries.
+FAST_STORAGE = {
+    "retry_total": 1,
+    "retry_backoff_factor": 0.01,
+    "retry_backoff_max": 0.05,
+    "connection_timeout": 2,
+    "read_timeout": 5,
+}
 
 
 class TriggerWorld:
@@ -91,16 +106,64 @@ class TriggerWorld:
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
+    def use_fast_storage(self) -> None:
+        """The trigger's table, its events and its queues through clients that fail fast (the
+        connection's record is still read through the app's own client)."""
+        connection_string = self.stack.azurite.connection_string
+        tables = TableServiceClient.from_connection_string(connection_string, **FAST_STORAGE)
+
+        def queue(name: str) -> QueueClient:
+            client = QueueClient.from_connection_string(
+                connection_string,
+                name,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+                initial_backoff=0.01,
+                increment_base=0.01,
+                random_jitter_range=0.01,
+                **FAST_STORAGE,
+            )
+            with contextlib.suppress(ResourceExistsError):
+                client.create_queue()
+            return client
+
+        self.events_queue = queue(self.events_queue.queue_name)
+        self.polls_queue = queue(self.polls_queue.queue_name)
+        self.ts = dataclasses.replace(
+            self.ts,
+            triggers=TriggerStore(tables.get_table_client(TRIGGERS_TABLE)),
+            events=EventLog(tables.get_table_client(EVENTS_TABLE)),
+            deliveries=JsonQueue(self.events_queue),
+            polls=JsonQueue(self.polls_queue),
+        )
+
+
+def assert_exactly(world: TriggerWorld, expected: set[str]) -> None:
+    """The events queued so far are exactly `expected`, each once: none missing, none twice."""
+    received = world.event_ids()
+    doubled = [event_id for event_id, count in Counter(received).items() if count > 1]
+    assert not doubled, f"{len(doubled)} events queued twice"
+    missing = expected - set(received)
+    extra = set(received) - expected
+    assert not missing and not extra, f"{len(missing)} missing, {len(extra)} unexpected"
+
+
+HIDDEN_SECONDS = 7 * 24 * 3600  # the longest a received message stays invisible
+
 
 def drain(queue: QueueClient) -> list[dict]:
+    """Every message the queue shows now. Each is received for the longest visibility timeout
+    rather than deleted (the queue is the test's own), so a batch of 32 costs one call."""
     messages = []
     while True:
-        batch = list(queue.receive_messages(messages_per_page=32, max_messages=32))
+        batch = list(
+            queue.receive_messages(
+                messages_per_page=32, max_messages=32, visibility_timeout=HIDDEN_SECONDS
+            )
+        )
         if not batch:
             return messages
-        for message in batch:
-            messages.append(json.loads(_text(message.content)))
-            queue.delete_message(message)
+        messages += [json.loads(_text(message.content)) for message in batch]
 
 
 def _text(content: str) -> str:

@@ -74,14 +74,17 @@ class EventLog:
         self._table = table
 
     def seen_since(self, trigger_id: str, sys_updated_on: str) -> set[tuple[str, int]]:
-        """(sys_id, sys_mod_count) of every version emitted with `sys_updated_on` at or after."""
+        """(sys_id, sys_mod_count) of every version recorded with `sys_updated_on` at or after
+        (a version only marked delivered, before its poll recorded it, is not recorded yet)."""
         low = SEEN + compact_updated_on(sys_updated_on)
         query = "PartitionKey eq @trigger and RowKey ge @low and RowKey lt @high"
         parameters = {"trigger": trigger_id, "low": low, "high": "sn."}
         found = set()
         for entity in self._table.query_entities(
-            query, parameters=parameters, select=["RowKey"], results_per_page=1000
+            query, parameters=parameters, select=["RowKey", "Listed"], results_per_page=1000
         ):
+            if not entity.get("Listed"):
+                continue
             _, _, sys_id, mod_count = entity["RowKey"].split("-")
             found.add((sys_id, int(mod_count)))
         return found
@@ -137,12 +140,11 @@ class EventLog:
         return bool(entity.get("DeliveredAt"))
 
     def mark_delivered(self, trigger_id: str, seen: str, moment: datetime) -> None:
-        """Best effort: a version recorded later (after a crash) keeps the mark (a merge)."""
+        """Marks the version delivered, recorded or not yet: a delivery can come before the
+        poll records what it queued (or the poll may fail to), and the copy a later poll queues
+        must still be dropped. The poll's record merges into the mark."""
         entity = {"PartitionKey": trigger_id, "RowKey": seen, "DeliveredAt": format_millis(moment)}
-        try:
-            self._table.update_entity(entity, mode=UpdateMode.MERGE)
-        except ResourceNotFoundError:
-            log.info("trigger %s: delivered an event not recorded yet", trigger_id)
+        self._table.upsert_entity(entity, mode=UpdateMode.MERGE)
 
     def prune(
         self, trigger_id: str, emitted_before: datetime, seen_before: str, limit: int = 1000

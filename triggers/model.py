@@ -51,6 +51,7 @@ class Trigger:
     lease_owner: str = ""
     lease_until: datetime | None = None
     secret_version: str = ""
+    failing_noticed: bool = False  # a trigger_failing notice went out; trigger_restored is owed
     pending_notices: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None
 
@@ -129,6 +130,8 @@ def to_columns(trigger: Trigger, names: list[str] | None = None) -> dict[str, An
             columns[column] = json.dumps(getattr(trigger, attr), separators=(",", ":"))
     if want("enabled"):
         columns["Enabled"] = bool(trigger.enabled)
+    if want("failing_noticed"):
+        columns["FailingNoticed"] = bool(trigger.failing_noticed)
     if want("matching_now"):
         columns["MatchingNow"] = -1 if trigger.matching_now is None else int(trigger.matching_now)
     return columns
@@ -145,6 +148,7 @@ def from_columns(tenant_id: str, trigger_id: str, entity: Any, etag: str | None)
     for attr, (column, empty) in _JSON.items():
         values[attr] = json.loads(entity.get(column) or "null") or empty()
     values["enabled"] = bool(entity.get("Enabled"))
+    values["failing_noticed"] = bool(entity.get("FailingNoticed"))
     matching = entity.get("MatchingNow")
     values["matching_now"] = None if matching is None or int(matching) < 0 else int(matching)
     return Trigger(**values)

@@ -15,7 +15,8 @@ again with the same `event_id` (delivery drops a copy it has already delivered).
 
 Cost: a poll that finds nothing new makes one instance call and, on a worker that wrote the
 trigger last, two table requests (the connection's record, and the trigger's new position);
-the lease is taken only when there is something to emit.
+the lease is taken, and events older than EVENT_RETENTION_DAYS are pruned, only when there is
+something to emit.
 """
 
 import hashlib
@@ -33,8 +34,8 @@ from azure.core.exceptions import AzureError
 from connections.errors import ApiError
 from connections.model import Connection, format_time
 from renewal.on_demand import Usage, call_with, unusable_reason
-from servicenow.credentials import Credential
-from servicenow.outbound import OutboundError, OutboundResponse, safe_request
+from servicenow.outbound import OutboundError, OutboundResponse
+from servicenow.table_api import error_text, json_or_none, table_reader
 from triggers.events import Emitted, list_key, seen_key
 from triggers.model import ACTIVE, FAILING, WAITING, Trigger
 from triggers.services import TriggerServices
@@ -49,6 +50,7 @@ BUSY_RETRY_SECONDS = 2  # a poll over the connection's limit is queued again thi
 TIMEOUT = (5.0, 30.0)
 ALWAYS_READ = ("sys_id", "number", "sys_created_on", "sys_updated_on", "sys_mod_count")
 MAX_EVENT_BYTES = 45_000  # a queue message holds 64 KiB once base64-encoded
+PRUNE_SLACK = 1000  # entities a poll that emitted prunes beyond the two per event it added
 
 
 def sn_time(moment: datetime) -> str:
@@ -278,17 +280,9 @@ def _read_page(ts: TriggerServices, scan: _Scan) -> list[dict[str, Any]]:
         "sysparm_exclude_reference_link": "true",
         "sysparm_no_count": "true",
     }
-    url = f"{scan.connection.instance_url}/api/now/table/{trigger.table}"
-
-    def send(credential: Credential) -> OutboundResponse:
-        query = dict(params)
-        if credential.query:
-            query[credential.query[0]] = credential.query[1]
-        headers = {"Accept": "application/json", **credential.headers}
-        return safe_request(
-            "GET", url, policy=ts.services.policy, headers=headers, params=query, timeout=TIMEOUT
-        )
-
+    send = table_reader(
+        ts.services.policy, scan.connection.instance_url, trigger.table, params, TIMEOUT
+    )
     scan.usage = Usage(scan.connection)
     try:
         response, _ = call_with(ts.services, scan.usage, send)
@@ -305,8 +299,8 @@ def _read_page(ts: TriggerServices, scan: _Scan) -> list[dict[str, Any]]:
 
 def _records(ts: TriggerServices, scan: _Scan, response: OutboundResponse) -> list[dict[str, Any]]:
     status = response.status_code
-    body = _json(response)
-    message = _instance_message(body)
+    body = json_or_none(response)
+    message = error_text(body)
     table = scan.trigger.table
     if status == 200 and isinstance(body, dict) and isinstance(body.get("result"), list):
         return [record for record in body["result"] if _usable(record)]
@@ -330,21 +324,6 @@ def _records(ts: TriggerServices, scan: _Scan, response: OutboundResponse) -> li
             "name and the encoded query (try it in a list view of that table).",
         )
     raise _Stop(None, f"The instance answered {status} to a poll; trying again later.")
-
-
-def _json(response: OutboundResponse) -> Any:
-    try:
-        return response.json()
-    except (ValueError, RecursionError):
-        return None
-
-
-def _instance_message(body: Any) -> str:
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        return ""
-    parts = [str(error.get(key)) for key in ("message", "detail") if error.get(key)]
-    return ": ".join(parts)[:500]
 
 
 def _usable(record: Any) -> bool:
@@ -409,6 +388,8 @@ def build_event(
 ) -> dict[str, Any]:
     mod_count = int(record.get("sys_mod_count") or 0)
     values = {name: _value(record.get(name)) for name in ["number", *trigger.fields]}
+    if "sys_mod_count" in values:
+        values["sys_mod_count"] = mod_count  # a number, in `record` as at the top
     event = {
         "event_id": event_id(trigger.id, record["sys_id"], mod_count),
         "change": "created" if mod_count == 0 else "updated",
@@ -474,12 +455,32 @@ def _finish(ts: TriggerServices, scan: _Scan, stop: _Stop | None) -> str:
         outcome = _stopped(ts, scan, stop, now)
     more = stop is None and not scan.complete
     _save(ts, trigger, scan.leased)
+    if scan.emitted:
+        _prune(ts, trigger, now, scan.emitted)
     if more:
         ts.polls.send(poll_message(trigger, "more"))
         outcome = "more"
     if stop is not None and stop.defer is not None:
         _defer_connection(ts, trigger, now + stop.defer)
     return f"{outcome} ({scan.emitted} events)"
+
+
+def _prune(ts: TriggerServices, trigger: Trigger, now: datetime, emitted: int) -> None:
+    """Drops what is older than EVENT_RETENTION_DAYS: events emitted before then, and versions
+    seen with a `sys_updated_on` before then that no scan can read again (before where the next
+    scan starts). At most two entities per event this poll added, plus PRUNE_SLACK, so pruning
+    keeps pace with emitting at a bounded cost. Best effort: the next poll that emits goes on."""
+    kept_from = now - timedelta(days=ts.settings.retention_days)
+    next_scan = trigger.scan_from or trigger.cursor_updated_on
+    if trigger.read_at is not None:
+        lookback = timedelta(seconds=ts.settings.lookback_seconds)
+        next_scan = min(next_scan, sn_time(trigger.read_at - lookback))
+    try:
+        ts.events.prune(
+            trigger.id, kept_from, min(sn_time(kept_from), next_scan), 2 * emitted + PRUNE_SLACK
+        )
+    except AzureError as exc:
+        log.warning("trigger %s: old events not pruned (%s)", trigger.id, type(exc).__name__)
 
 
 def _stopped(ts: TriggerServices, scan: _Scan, stop: _Stop, now: datetime) -> str:
@@ -506,6 +507,7 @@ def _save(ts: TriggerServices, trigger: Trigger, leased: bool) -> None:
         "status_detail",
         "status_changed_at",
         "pending_notices",
+        "failing_noticed",
         "lease_owner",
         "lease_until",
     ]
@@ -529,10 +531,10 @@ def _set_status(
         return
     trigger.status_changed_at = now
     event = None
-    if status == FAILING:
-        event = "trigger_failing"
-    elif previous == FAILING:
-        event = "trigger_restored"
+    if status == FAILING and not trigger.failing_noticed:
+        event, trigger.failing_noticed = "trigger_failing", True
+    elif status == ACTIVE and trigger.failing_noticed:  # not while merely waiting
+        event, trigger.failing_noticed = "trigger_restored", False
     if event:
         trigger.pending_notices.append(trigger_notice(trigger, connection, event, now))
 

@@ -22,11 +22,18 @@ class JsonQueue:
         self._queue.send_message(text, visibility_timeout=delay_seconds or None)
 
     def send_all(self, messages: list[dict[str, Any]]) -> None:
-        """Sends every message, several at once; raises the first failure after all were tried."""
+        """Sends every message, several at once; at the first failure the messages not yet
+        started are not sent, and it raises (the caller sends them all again later)."""
         if len(messages) <= 1:
             for message in messages:
                 self.send(message)
             return
         with ThreadPoolExecutor(min(SENDERS, len(messages))) as pool:
-            for future in [pool.submit(self.send, message) for message in messages]:
-                future.result()
+            futures = [pool.submit(self.send, message) for message in messages]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise

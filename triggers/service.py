@@ -21,8 +21,8 @@ from connections import errors
 from connections.errors import ApiError
 from connections.model import Connection
 from renewal.on_demand import Usage, call_with, unusable_reason
-from servicenow.credentials import Credential
-from servicenow.outbound import OutboundError, OutboundResponse, safe_request
+from servicenow.outbound import OutboundError, OutboundResponse
+from servicenow.table_api import error_text, json_or_none, table_reader
 from triggers import body
 from triggers.dispatch import due_entry, request_poll
 from triggers.model import ACTIVE, PAUSED, Trigger
@@ -64,19 +64,8 @@ def trigger_paused() -> ApiError:
 # -- trying the query on the instance -----------------------------------------------------------
 
 
-def _json(response: OutboundResponse) -> Any:
-    try:
-        return response.json()
-    except (ValueError, RecursionError):
-        return None
-
-
 def _instance_reason(document: Any) -> str:
-    error = document.get("error") if isinstance(document, dict) else None
-    if not isinstance(error, dict):
-        return "no reason given"
-    parts = [str(error.get(key)) for key in ("message", "detail") if error.get(key)]
-    return ": ".join(parts)[:500] or "no reason given"
+    return error_text(document) or "no reason given"
 
 
 def try_query(ts: TriggerServices, connection: Connection, table: str, query: str) -> int | None:
@@ -84,28 +73,13 @@ def try_query(ts: TriggerServices, connection: Connection, table: str, query: st
     (`X-Total-Count`). 422 `query_rejected` when the instance refuses the table or query, 502
     `instance_unreachable` when it cannot be asked, 409 `connection_unusable` when the
     connection is known not to work."""
-    url = f"{connection.instance_url}/api/now/table/{table}"
     params = {
         "sysparm_query": query,
         "sysparm_limit": "1",
         "sysparm_fields": "sys_id",
         "sysparm_display_value": "false",
     }
-
-    def send(credential: Credential) -> OutboundResponse:
-        query_string = dict(params)
-        if credential.query:
-            query_string[credential.query[0]] = credential.query[1]
-        headers = {"Accept": "application/json", **credential.headers}
-        return safe_request(
-            "GET",
-            url,
-            policy=ts.services.policy,
-            headers=headers,
-            params=query_string,
-            timeout=TRY_TIMEOUT,
-        )
-
+    send = table_reader(ts.services.policy, connection.instance_url, table, params, TRY_TIMEOUT)
     try:
         response, _ = call_with(ts.services, Usage(connection), send)
     except OutboundError as exc:
@@ -117,7 +91,7 @@ def try_query(ts: TriggerServices, connection: Connection, table: str, query: st
 
 def _matching(response: OutboundResponse, table: str) -> int | None:
     status = response.status_code
-    document = _json(response)
+    document = json_or_none(response)
     if status == 200:
         if not isinstance(document, dict) or not isinstance(document.get("result"), list):
             raise errors.instance_unreachable(
