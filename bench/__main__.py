@@ -2,7 +2,7 @@
 
     scripts/bench                 # set-up, then this
     .venv/bin/python -m bench     # the same, once set up
-    .venv/bin/python -m bench --quick   # smaller counts, a minute or so; results not written
+    .venv/bin/python -m bench --quick   # smaller counts, a few minutes; results not written
 
 Each figure is a comparison made in the same run (see README, "Benchmarks").
 """
