@@ -362,14 +362,16 @@ def test_a_commit_visible_later_than_the_lookback_is_missed_until_the_record_cha
 
 
 def test_bulk_updates_in_one_second_across_pages_and_invocations_lose_nothing(world, monkeypatch):
-    """10,000 records changed in one second are read in pages of 1,000, four pages per
-    invocation; between the first and the second invocation a second bulk update changes 2,500
-    of them in one later second (1,000 already read, 1,500 not yet; its second spans page
-    boundaries too). Records read before it changed become two events (both versions were the
-    latest when read); those not yet read become one, the latest; none is lost."""
+    """2,500 records changed in one second are read in pages of 250, four pages per invocation
+    (the 10,000-record burst itself is in test_trigger_poller); between the first and the second
+    invocation a second bulk update changes 625 of them in one later second (250 already read,
+    375 not yet; its second spans page boundaries too). Records read before it changed become
+    two events (both versions were the latest when read); those not yet read become one, the
+    latest; none is lost."""
     monkeypatch.setattr(poller, "MAX_PAGES", 4)
+    monkeypatch.setattr(poller, "PAGE_SIZE", 250)
     state = world.stack.servicenow.state
-    before = state.create_records(TABLE, count=10_000, sys_updated_on="2020-01-01 00:00:00")
+    before = state.create_records(TABLE, count=2_500, sys_updated_on="2020-01-01 00:00:00")
     world.create()
     world.advance(1)
     state.update_records(
@@ -377,19 +379,19 @@ def test_bulk_updates_in_one_second_across_pages_and_invocations_lose_nothing(wo
     )
     world.advance(2)
     order = sorted(before)  # one second: read in sys_id order
-    assert world.poll().startswith("more (4000 events)")
-    assert set(world.event_ids()) == all_ids(world, order[:4000], 1)
+    assert world.poll().startswith("more (1000 events)")
+    assert set(world.event_ids()) == all_ids(world, order[:1000], 1)
     world.advance(1)
-    second_bulk = order[3000:5500]
+    second_bulk = order[750:1375]
     state.update_records(
         TABLE, {"state": "3"}, sys_ids=second_bulk, sys_updated_on=sn_time(world.clock.now())
     )
     world.advance(1)
     outcomes = world.poll_until_caught_up()
     assert outcomes[-1].startswith("ok") and len(outcomes) >= 2
-    expected = all_ids(world, order[:4000] + order[5500:], 1) | all_ids(world, second_bulk, 2)
+    expected = all_ids(world, order[:1000] + order[1375:], 1) | all_ids(world, second_bulk, 2)
     assert_exactly(world, expected)
-    assert world.read().events_emitted == 11_000
+    assert world.read().events_emitted == 2_750
     world.advance(30)  # the next polls read the lookback again: nothing new, nothing twice
     assert all(outcome.endswith("(0 events)") for outcome in world.poll_until_caught_up())
     assert_exactly(world, expected)
