@@ -6,7 +6,6 @@ import dataclasses
 import json
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta
 
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
@@ -23,7 +22,6 @@ from triggers.queues import JsonQueue
 from triggers.services import TriggerServices, trigger_services
 from triggers.store import TRIGGERS_TABLE, TriggerStore
 
-CONNECTION_TABLE_FIELDS = ["number", "short_description", "variables.team_name"]
 # Storage clients that give up within a fraction of a second (as tests/test_faults.py's): a poll
 # meeting a stopped Azurite fails at once instead of after the app's bounded retries.
 FAST_STORAGE = {
@@ -177,7 +175,3 @@ def versions(state, table: str, query: str = "") -> list[tuple[str, int]]:
     """(sys_id, sys_mod_count) of the records the stand-in holds now (visible or not)."""
     found = state.list_records(table, query)["records"]
     return [(r["sys_id"], int(r["fields"]["sys_mod_count"])) for r in found]
-
-
-def moment(clock: DrivenClock, seconds: float = 0) -> datetime:
-    return clock.now() + timedelta(seconds=seconds)

@@ -151,7 +151,6 @@ class _Scan:
     pages: int = 0
     complete: bool = False
     leased: bool = False
-    usage: Usage | None = None
 
 
 def poll(
@@ -283,9 +282,9 @@ def _read_page(ts: TriggerServices, scan: _Scan) -> list[dict[str, Any]]:
     send = table_reader(
         ts.services.policy, scan.connection.instance_url, trigger.table, params, TIMEOUT
     )
-    scan.usage = Usage(scan.connection)
+    usage = Usage(scan.connection)
     try:
-        response, _ = call_with(ts.services, scan.usage, send)
+        response, _ = call_with(ts.services, usage, send)
     except ApiError as exc:
         if exc.code == "connection_unusable":
             raise _Stop(WAITING, exc.message) from None
@@ -293,7 +292,7 @@ def _read_page(ts: TriggerServices, scan: _Scan) -> list[dict[str, Any]]:
     except OutboundError as exc:
         raise _Stop(None, exc.message) from None
     finally:
-        scan.connection = scan.usage.connection
+        scan.connection = usage.connection  # as it is after a renewal or a check
     return _records(ts, scan, response)
 
 
