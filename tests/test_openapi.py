@@ -323,3 +323,161 @@ def test_contract_request_bodies_validate():
         request_schema("POST", MANY), {**create, "notify_emails": ["a@b.c"] * 21}
     )
     assert validation_errors(patch_schema, {"auth": {"refresh_token": "x"}})
+
+
+# -- what generators and API explorers read ---------------------------------------------------
+
+OPERATION_IDS = {
+    ("get", "/health"): "health",
+    ("get", "/openapi.json"): "getOpenApiDocument",
+    ("get", "/connection-types"): "listConnectionTypes",
+    ("post", MANY): "createConnection",
+    ("get", MANY): "listConnections",
+    ("get", ONE): "getConnection",
+    ("patch", ONE): "updateConnection",
+    ("delete", ONE): "deleteConnection",
+    ("post", CHECK): "checkConnection",
+    ("get", ONE + "/servicenow/{path}"): "proxyGet",
+    ("post", ONE + "/servicenow/{path}"): "proxyPost",
+    ("put", ONE + "/servicenow/{path}"): "proxyPut",
+    ("patch", ONE + "/servicenow/{path}"): "proxyPatch",
+    ("delete", ONE + "/servicenow/{path}"): "proxyDelete",
+    ("get", ONE + "/calls"): "listProxyCalls",
+    ("post", ONE + "/triggers"): "createTrigger",
+    ("get", ONE + "/triggers"): "listTriggers",
+    ("get", ONE + "/triggers/{trigger_id}"): "getTrigger",
+    ("patch", ONE + "/triggers/{trigger_id}"): "updateTrigger",
+    ("delete", ONE + "/triggers/{trigger_id}"): "deleteTrigger",
+    ("post", ONE + "/triggers/{trigger_id}/poll"): "pollTrigger",
+    ("get", ONE + "/triggers/{trigger_id}/events"): "listTriggerEvents",
+    ("post", ONE + "/triggers/{trigger_id}/events/{event_id}/redeliver"): "redeliverTriggerEvent",
+    ("post", ONE + "/triggers/{trigger_id}/push-secret"): "rotateTriggerPushSecret",
+    ("post", "/hooks/triggers/{trigger_id}"): "triggerPushHint",
+}
+JSON_MEDIA_TYPES = {"application/json", "application/merge-patch+json"}
+
+
+def test_operation_ids_stay_as_published():
+    """Generated clients name their functions after them: a change breaks every caller."""
+    published = {
+        (method, path): operation["operationId"] for method, path, operation in operations()
+    }
+    assert published == OPERATION_IDS
+
+
+def test_every_operation_has_one_declared_tag():
+    declared = [tag["name"] for tag in DOC["tags"]]
+    assert declared == ["connections", "proxy", "triggers", "service"]
+    assert all(tag["description"] for tag in DOC["tags"])
+    for method, path, operation in operations():
+        assert len(operation["tags"]) == 1 and operation["tags"][0] in declared, f"{method} {path}"
+
+
+def media_types() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, media type, media type object) of every request body and response, once each."""
+    seen = set()
+    for method, path, operation in operations():
+        bodies = [("request", operation.get("requestBody", {}))]
+        bodies += [
+            (status, resolve(response)) for status, response in operation["responses"].items()
+        ]
+        for name, body in bodies:
+            for media_type, media in body.get("content", {}).items():
+                if id(media) not in seen:
+                    seen.add(id(media))
+                    yield f"{method.upper()} {path} {name} {media_type}", media_type, media
+
+
+def test_every_json_body_and_answer_has_an_example():
+    missing = [
+        where
+        for where, media_type, media in media_types()
+        if media_type in JSON_MEDIA_TYPES and not media.get("examples")
+    ]
+    assert missing == []
+
+
+def test_every_example_matches_its_own_schema():
+    checked, problems = 0, []
+    for where, _, media in media_types():
+        for name, example in media.get("examples", {}).items():
+            assert set(example) == {"summary", "value"}, f"{where} {name}"
+            checked += 1
+            problems += [
+                f"{where} {name}: {line}"
+                for line in validation_errors(media["schema"], example["value"])
+            ]
+    for name, schema in DOC["components"]["schemas"].items():
+        for node in walk(schema):
+            examples = node.get("examples")  # JSON Schema's own: a list of values
+            for value in examples if isinstance(examples, list) else []:
+                checked += 1
+                problems += [f"schema {name}: {line}" for line in validation_errors(node, value)]
+    assert problems == []
+    assert checked
+
+
+def subschemas(schema: Any) -> Iterator[dict[str, Any]]:
+    """`schema` and every schema inside it (properties, items, alternatives)."""
+    if not isinstance(schema, dict):
+        return
+    yield schema
+    nested = [
+        *schema.get("properties", {}).values(),
+        schema.get("items"),
+        schema.get("additionalProperties"),
+    ]
+    nested += schema.get("oneOf", []) + schema.get("anyOf", [])
+    for child in nested:
+        yield from subschemas(child)
+
+
+def every_schema() -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, schema in DOC["components"]["schemas"].items():
+        yield f"schema {name}", schema
+    for where, _, media in media_types():
+        yield where, media["schema"]
+    for kind in ("parameters", "headers"):
+        for name, item in DOC["components"][kind].items():
+            yield f"{kind} {name}", item["schema"]
+
+
+def typing_problems(schema: dict[str, Any]) -> list[str]:
+    """What keeps a generator from typing the schema (openapi-python-client drops such models)."""
+    kinds = schema.get("type", [])
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    problems = []
+    if "nullable" in schema or "allOf" in schema:
+        problems.append("nullable or allOf: use a `type` list or `oneOf` with a null schema")
+    if len(kinds) > 1 and (len(kinds) != 2 or "null" not in kinds):
+        problems.append(f"type {kinds}: a union of types belongs in `oneOf`")
+    if "array" in kinds and "items" not in schema:
+        problems.append("an array without `items`")
+    if "object" in kinds and "additionalProperties" not in schema:
+        problems.append("an object without `additionalProperties`")
+    for alternative in schema.get("oneOf", []) + schema.get("anyOf", []):
+        if "$ref" not in alternative and "type" not in alternative:
+            problems.append(f"an alternative that is no complete schema: {alternative}")
+    return problems
+
+
+def test_every_schema_is_one_a_generator_can_type():
+    problems = [
+        f"{where}: {problem}"
+        for where, schema in every_schema()
+        for node in subschemas(schema)
+        for problem in typing_problems(node)
+    ]
+    assert problems == []
+    assert typing_problems({"type": ["string", "array", "null"]})  # the catalogue's old default
+    assert typing_problems({"type": "array"})
+
+
+def test_a_narrowed_error_is_typed_as_error_and_validated_with_its_codes():
+    response = resolve(find_operation("GET", ONE)["responses"]["404"])
+    schema = response["content"]["application/json"]["schema"]
+    assert schema["$ref"] == "#/components/schemas/Error"
+    body = {"error": {"code": "not_found", "message": "x", "details": []}}
+    assert validation_errors(schema, body) == []
+    body["error"]["code"] = "name_taken"
+    assert validation_errors(schema, body)

@@ -405,11 +405,9 @@ def _field_schema(field: Field, settings: TriggerSettings, *, returned: bool = F
     return schema
 
 
-def _nullable(schema: Schema) -> Schema:
-    nullable = {**schema, "type": [schema["type"], "null"]}
-    if "enum" in schema:
-        nullable["enum"] = [*schema["enum"], None]
-    return nullable
+def create_example() -> dict[str, Any]:
+    """A create body with every field's example (the contract's)."""
+    return {field.name: field.example for field in FIELDS}
 
 
 def create_schema(settings: TriggerSettings) -> Schema:
@@ -419,16 +417,17 @@ def create_schema(settings: TriggerSettings) -> Schema:
         "properties": {field.name: _field_schema(field, settings) for field in FIELDS},
         "required": [field.name for field in FIELDS if field.required],
         "description": "A trigger to create. Unknown fields are refused.",
-        "examples": [{field.name: field.example for field in FIELDS}],
+        "examples": [create_example()],
     }
 
 
-def patch_schema(settings: TriggerSettings) -> Schema:
+def patch_schema(settings: TriggerSettings, nullable: Callable[[Schema], Schema]) -> Schema:
+    """`nullable(schema)` admits null besides what `schema` admits (the document's one way)."""
     properties = {}
     for field in FIELDS:
         schema = _field_schema(field, settings)
         schema.pop("default", None)
-        properties[field.name] = schema if field.required else _nullable(schema)
+        properties[field.name] = schema if field.required else nullable(schema)
     return {
         "type": "object",
         "additionalProperties": False,

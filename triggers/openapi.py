@@ -3,23 +3,31 @@ derived from the one declaration of the create body (`triggers.body.FIELDS`)."""
 
 from typing import Any
 
+from connections import errors
 from connections.openapi import (
+    EXAMPLE_CONNECTION_ID,
+    EXAMPLE_TENANT,
+    JSON,
+    _any_body,
     _array,
     _const,
     _error_response,
+    _example,
     _nullable,
     _object,
     _operation,
     _parameter,
     _parameter_refs,
     _ref,
+    _request,
     _response,
     _timestamp,
 )
 from connections.validation import MAX_BODY_BYTES
+from proxy.openapi import REQUEST
 from triggers import body
 from triggers.model import ACTIVE, FAILING, PAUSED, STATUSES, WAITING
-from triggers.service import HOOK_REFUSED
+from triggers.service import HOOK_REFUSED, trigger_not_found, trigger_paused
 from triggers.settings import TriggerSettings, trigger_settings
 
 Schema = dict[str, Any]
@@ -43,6 +51,79 @@ are JSON, at most {MAX_BODY_BYTES // 1024} KiB; unknown fields are 400 `validati
 `details` entry per bad field. A trigger of another connection or tenant is 404, as is an id that
 is not 32 lowercase hex digits.
 """
+
+
+# -- examples (from the contract) ---------------------------------------------------------------
+
+EXAMPLE_TRIGGER_ID = "5d2c7a9e1f3b4d6a8c0e2f4a6b8d0c1e"
+TRIGGER = {
+    "id": EXAMPLE_TRIGGER_ID,
+    "connection_id": EXAMPLE_CONNECTION_ID,
+    **body.create_example(),
+    "status": ACTIVE,
+    "status_detail": "",
+    "matching_now": 3,
+    "caught_up_to": "2026-12-01T10:00:01Z",
+    "last_polled_at": "2026-12-01T10:00:31Z",
+    "last_event_at": "2026-12-01T10:00:31Z",
+    "events_emitted": 1,
+    "created_at": "2026-11-30T09:00:00Z",
+    "updated_at": "2026-12-01T10:00:31Z",
+}
+CREATED_TRIGGER = {
+    **TRIGGER,
+    "caught_up_to": None,
+    "last_polled_at": None,
+    "last_event_at": None,
+    "events_emitted": 0,
+    "updated_at": TRIGGER["created_at"],
+    "push_secret": "<push secret>",
+}
+EVENT = {
+    "event_id": "422a2f72fc66e2bf8fef7f21ae7fb89a",
+    "change": "created",
+    "tenant_id": EXAMPLE_TENANT,
+    "connection_id": EXAMPLE_CONNECTION_ID,
+    "trigger_id": EXAMPLE_TRIGGER_ID,
+    "trigger_name": TRIGGER["name"],
+    "table": TRIGGER["table"],
+    "sys_id": REQUEST["sys_id"],
+    "number": REQUEST["number"],
+    "sys_mod_count": 0,
+    "sys_updated_on": "2026-12-01T10:00:01Z",
+    "record": {name: value for name, value in REQUEST.items() if name != "sys_id"},
+    "emitted_at": "2026-12-01T10:00:31Z",
+}
+CREATE_EXAMPLES = {"newTeamsRequests": _example("New Teams requests", body.create_example())}
+CREATED_EXAMPLES = {"created": _example("A new trigger, before its first poll", CREATED_TRIGGER)}
+ACTIVE_EXAMPLES = {"active": _example("Active", TRIGGER)}
+PAUSED_EXAMPLES = {"paused": _example("Paused", {**TRIGGER, "enabled": False, "status": PAUSED})}
+PATCH_EXAMPLES = {
+    "pause": _example("Pause (true resumes where it stopped)", {"enabled": False}),
+    "narrow": _example(
+        "Only high-priority requests, polled every 2 minutes",
+        {"query": f"{TRIGGER['query']}^priority=1", "interval_seconds": 120},
+    ),
+}
+QUEUED_EXAMPLES = {"queued": _example("Queued", {"status": "queued"})}
+REDELIVERY_EXAMPLES = {
+    "queued": _example("Queued", {"status": "queued", "event_id": EVENT["event_id"]})
+}
+PUSH_SECRET_EXAMPLES = {"rotated": _example("A new secret", {"push_secret": "<push secret>"})}
+HINT_EXAMPLES = {"accepted": _example("Accepted", {"status": "accepted"})}
+HINT_BODY_EXAMPLES = {
+    "record": _example(
+        "What a Business Rule might send",
+        {"table": TRIGGER["table"], "sys_id": REQUEST["sys_id"]},
+    )
+}
+
+
+def tag() -> Schema:
+    return {
+        "name": TAG,
+        "description": "ServiceNow records as events: triggers, their events, and the push hint.",
+    }
 
 
 def parameters() -> dict[str, Schema]:
@@ -103,14 +184,11 @@ def headers() -> dict[str, Schema]:
 
 
 def _trigger_properties(settings: TriggerSettings) -> Schema:
-    status_lines = "; ".join(
-        f"`{status}`: {meaning}" for status, meaning in STATUS_MEANINGS.items()
-    )
     return {
         "id": {"type": "string", "pattern": ID_PATTERN, "description": "The trigger's id."},
         "connection_id": {"type": "string", "pattern": ID_PATTERN},
         **body.returned_properties(settings),
-        "status": {"type": "string", "enum": list(STATUSES), "description": status_lines},
+        "status": _ref("TriggerStatus"),
         "status_detail": {"type": "string", "description": "What to fix, when not `active`."},
         "matching_now": _nullable(
             {
@@ -160,16 +238,22 @@ def schemas(settings: TriggerSettings | None = None) -> dict[str, Schema]:
             "sys_updated_on": _timestamp("The version's `sys_updated_on`."),
             "record": {
                 "type": "object",
+                "additionalProperties": True,
                 "description": "The instance's stored values of the trigger's fields (and "
-                "`number`); a reference is the referenced `sys_id`, a date-time RFC 3339 UTC.",
+                "`number`), by field name: a reference is the referenced `sys_id`, a date-time "
+                "RFC 3339 UTC, `sys_mod_count` a number; a field the record lacks is null.",
             },
             "emitted_at": _timestamp("When the event was emitted."),
         },
         description="One event, as POSTed to `EVENTS_WEBHOOK_URL`.",
     )
+    status_lines = "; ".join(
+        f"`{status}`: {meaning}" for status, meaning in STATUS_MEANINGS.items()
+    )
     return {
+        "TriggerStatus": {"type": "string", "enum": list(STATUSES), "description": status_lines},
         "CreateTrigger": body.create_schema(settings),
-        "TriggerPatch": body.patch_schema(settings),
+        "TriggerPatch": body.patch_schema(settings, _nullable),
         "Trigger": _object(properties, description="A trigger as returned (never its secret)."),
         "CreatedTrigger": _object(
             {**properties, "push_secret": push_secret},
@@ -200,25 +284,32 @@ def schemas(settings: TriggerSettings | None = None) -> dict[str, Schema]:
 _NOT_FOUND = _error_response(
     "No such trigger for this connection (also when it belongs to another connection or "
     "tenant), or no such connection for this tenant.",
-    ["not_found"],
+    trigger_not_found(),
 )
 _QUERY_REJECTED = _error_response(
     "The instance refused the table or query (a 401 or 403 there, or an error answer); the "
     "message carries the instance's reason and what to fix. Nothing was stored or changed.",
-    ["query_rejected"],
+    errors.query_rejected(
+        "The instance refused to let the connection's integration user read sc_req_item (403: "
+        "ACL Exception). Give that user read access to sc_req_item (a role or an ACL), or choose "
+        "another table."
+    ),
 )
 _CONNECTION_UNUSABLE = _error_response(
     "The connection's credentials are known not to work, so the query could not be tried; the "
     "message names the status and what to do. Nothing was stored or changed.",
-    ["connection_unusable"],
+    errors.connection_unusable(
+        "The connection's status is expired: The API token expired on 2027-03-01. Edit the "
+        "connection with a valid API token (PATCH the connection), then call again."
+    ),
 )
 _PAUSED = _error_response(
-    "The trigger is paused (`enabled` is false); set `enabled` to true first.", ["trigger_paused"]
+    "The trigger is paused (`enabled` is false); set `enabled` to true first.", trigger_paused()
 )
 _HOOK_REFUSED = _error_response(
     f'401 `unauthorized` (message: "{HOOK_REFUSED}"): the `X-Trigger-Secret` header is '
     "missing or wrong, or there is no such trigger: the same answer for each.",
-    ["unauthorized"],
+    errors.unauthorized(HOOK_REFUSED),
 )
 
 
@@ -231,18 +322,19 @@ def _trigger_operation(
     **options: Any,
 ) -> Schema:
     """`shared` names the usual error responses (components); `own` adds the triggers' own."""
-    operation = _operation(operation_id, summary, success, shared, tags=[TAG], **options)
+    operation = _operation(operation_id, summary, success, shared, tag=TAG, **options)
     operation["responses"].update(own)
     return dict(operation, responses=dict(sorted(operation["responses"].items())))
 
 
-def _trigger_ok(description: str, status: str = "200", **headers: str) -> dict[str, Schema]:
-    return {status: _response(description, _ref("Trigger"), ETag="TriggerETag", **headers)}
+def _trigger_ok(description: str, examples: dict[str, Schema]) -> dict[str, Schema]:
+    return {"200": _response(description, _ref("Trigger"), examples, ETag="TriggerETag")}
 
 
-def _request(schema_name: str, *media_types: str) -> Schema:
-    content = {media_type: {"schema": _ref(schema_name)} for media_type in media_types}
-    return {"required": True, "content": content}
+def _page(schema_name: str, summary: str, item: Schema) -> Schema:
+    """A one-page answer with an example of one item and no next page."""
+    example = {"items": [item], "next": None}
+    return _response("One page.", _ref(schema_name), {"page": _example(summary, example)})
 
 
 def paths() -> dict[str, Schema]:
@@ -261,6 +353,7 @@ def paths() -> dict[str, Schema]:
                     "201": _response(
                         "Created; `push_secret` is shown only here.",
                         _ref("CreatedTrigger"),
+                        CREATED_EXAMPLES,
                         ETag="TriggerETag",
                         Location="TriggerLocation",
                     )
@@ -272,12 +365,12 @@ def paths() -> dict[str, Schema]:
                 "becomes `matching_now`), then writes the push secret to Key Vault and the "
                 "trigger to Table Storage. The first poll comes at the next dispatch; changes "
                 "from `start_at` on become events.",
-                request=_request("CreateTrigger", "application/json"),
+                request=_request("CreateTrigger", CREATE_EXAMPLES, JSON),
             ),
             "get": _trigger_operation(
                 "listTriggers",
                 "List the connection's triggers",
-                {"200": _response("One page.", _ref("TriggerList"))},
+                {"200": _page("TriggerList", "One trigger", TRIGGER)},
                 ["400", "503"],
                 {"404": _NOT_FOUND},
                 parameters=_parameter_refs("Limit", "Cursor"),
@@ -288,14 +381,14 @@ def paths() -> dict[str, Schema]:
             "get": _trigger_operation(
                 "getTrigger",
                 "Read a trigger",
-                _trigger_ok("The trigger."),
+                _trigger_ok("The trigger.", ACTIVE_EXAMPLES),
                 ["400", "503"],
                 {"404": _NOT_FOUND},
             ),
             "patch": _trigger_operation(
                 "updateTrigger",
                 "Change a trigger (JSON merge patch of the create body)",
-                _trigger_ok("The changed trigger."),
+                _trigger_ok("The changed trigger.", PAUSED_EXAMPLES),
                 ["400", "412", "413", "415", "502", "503"],
                 writes,
                 description="A changed `table` or `query` is tried on the instance first (422 "
@@ -306,7 +399,7 @@ def paths() -> dict[str, Schema]:
                 "`If-Match`.",
                 parameters=_parameter_refs("IfMatch"),
                 request=_request(
-                    "TriggerPatch", "application/json", "application/merge-patch+json"
+                    "TriggerPatch", PATCH_EXAMPLES, JSON, "application/merge-patch+json"
                 ),
             ),
             "delete": _trigger_operation(
@@ -323,7 +416,7 @@ def paths() -> dict[str, Schema]:
             "post": _trigger_operation(
                 "pollTrigger",
                 "Poll now",
-                {"202": _response("A poll is queued.", _ref("PollQueued"))},
+                {"202": _response("A poll is queued.", _ref("PollQueued"), QUEUED_EXAMPLES)},
                 ["400", "503"],
                 {"404": _NOT_FOUND, "409": _PAUSED},
             ),
@@ -333,7 +426,7 @@ def paths() -> dict[str, Schema]:
             "get": _trigger_operation(
                 "listTriggerEvents",
                 "The trigger's recent events, oldest first",
-                {"200": _response("One page.", _ref("TriggerEventList"))},
+                {"200": _page("TriggerEventList", "One event", EVENT)},
                 ["400", "503"],
                 {"404": _NOT_FOUND},
                 description="Kept `EVENT_RETENTION_DAYS` days (default 7), also those whose "
@@ -346,7 +439,13 @@ def paths() -> dict[str, Schema]:
             "post": _trigger_operation(
                 "redeliverTriggerEvent",
                 "Send a kept event to the webhook again",
-                {"202": _response("The event is queued for delivery.", _ref("RedeliveryQueued"))},
+                {
+                    "202": _response(
+                        "The event is queued for delivery.",
+                        _ref("RedeliveryQueued"),
+                        REDELIVERY_EXAMPLES,
+                    )
+                },
                 ["400", "503"],
                 {"404": _NOT_FOUND},
             ),
@@ -358,7 +457,9 @@ def paths() -> dict[str, Schema]:
                 "Make a new push secret",
                 {
                     "200": _response(
-                        "The new secret; the old one stops working at once.", _ref("PushSecret")
+                        "The new secret; the old one stops working at once.",
+                        _ref("PushSecret"),
+                        PUSH_SECRET_EXAMPLES,
                     )
                 },
                 ["400", "412", "503"],
@@ -375,6 +476,7 @@ def paths() -> dict[str, Schema]:
                         "Accepted: a poll follows soon (at most one per 5 s per trigger; none "
                         "while the trigger is paused).",
                         _ref("HintAccepted"),
+                        HINT_EXAMPLES,
                     ),
                     "401": _HOOK_REFUSED,
                 },
@@ -385,13 +487,13 @@ def paths() -> dict[str, Schema]:
                 "Rule or a Flow REST step with the trigger's push secret in `X-Trigger-Secret`. "
                 "The body is ignored.",
                 parameters=_parameter_refs("TriggerSecret"),
-                request={
-                    "required": False,
-                    "content": {"application/json": {"schema": {}}, "*/*": {"schema": {}}},
-                },
+                request=_any_body(
+                    "Ignored: send what the Business Rule has at hand, or nothing.",
+                    HINT_BODY_EXAMPLES,
+                ),
             ),
         },
     }
 
 
-__all__ = ["headers", "parameters", "paths", "schemas"]
+__all__ = ["headers", "parameters", "paths", "schemas", "tag"]
