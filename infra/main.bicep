@@ -55,7 +55,7 @@ param logRetentionInDays int = 30
 @description('Purge protection on the vault (keep it on in production; it cannot be turned off again).')
 param keyVaultPurgeProtection bool = true
 
-@description('Days a deleted vault or secret stays recoverable.')
+@description('Days a deleted vault or secret stays recoverable; fixed once the vault exists (a provision with another value fails).')
 @minValue(7)
 @maxValue(90)
 param keyVaultSoftDeleteRetentionInDays int = 90
@@ -67,7 +67,7 @@ param keyVaultSoftDeleteRetentionInDays int = 90
 ])
 param keyVaultPublicNetworkAccess string = 'Enabled'
 
-@description('Days until the secrets this template writes expire; a new deployment that writes them again starts the period anew.')
+@description('Days from this deployment to the expiry date of the secrets it writes. Key Vault\'s expiry is informational: the secret stays readable after it (see the README). A new deployment that writes them again sets a new date.')
 @minValue(1)
 @maxValue(730)
 param secretLifetimeInDays int = 365
@@ -283,7 +283,7 @@ module functionApp 'app/function-app.bicep' = {
     identityClientId: identity.outputs.clientId
     storageAccountName: storage.outputs.name
     deploymentContainerName: deploymentContainerName
-    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
     pythonVersion: '3.11'
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount

@@ -284,6 +284,320 @@ def skip_list() -> list[str]:
     return yaml.safe_load(CHECKOV_CONFIG.read_text(encoding="utf-8"))["skip-check"]
 
 
+# --- what the deployment must know when it starts ----------------------------------------------
+#
+# A focused subset of the Bicep compiler's deploy-time-constant rule (BCP120, BCP177, BCP178), on
+# the parsed templates: the positions below are evaluated when the deployment starts, so they may
+# use parameters, variables built from them, functions such as environment() or guid(), and of a
+# resource only its id, name, type and apiVersion (of a module only its name); never what Azure
+# returns for a resource (`storage.properties.*`), a module's outputs, reference(), list*() or
+# getSecret(). The compiler refuses such a template, older compilers let some through and ARM
+# fails instead ("The template function 'reference' is not expected at this location").
+
+# Readable at the start (the compiler's ReadWriteDeployTimeConstantPropertyNames).
+READABLE_AT_START = {"id", "name", "type", "apiVersion"}
+# Top-level keys of a resource body that need a value known at the start: name, scope, parent and
+# the compiler's WriteOnlyDeployTimeConstantPropertyNames. Of a module body: name and scope.
+RESOURCE_START_KEYS = {
+    "name",
+    "scope",
+    "parent",
+    "location",
+    "kind",
+    "subscriptionId",
+    "resourceGroup",
+    "managedBy",
+    "managedByExtended",
+    "extendedLocation",
+    "zones",
+    "plan",
+    "sku",
+    "identity",
+    "tags",
+}
+MODULE_START_KEYS = {"name", "scope"}
+
+
+def declaration_parts(declaration: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """(for-expression or None, `if` condition or None, body) of a resource or module."""
+    config = declaration["config"]
+    if "config" in config and ("loop_type" in config or "condition" in config):
+        loop = config if "loop_type" in config else None
+        return loop, config.get("condition"), config["config"]
+    return None, None, config
+
+
+def loop_source(loop: dict[str, Any]) -> list[Any]:
+    """What a parsed for-expression iterates over (an array, an object, or a range's bounds)."""
+    detail = loop["loop_type"]["detail"]
+    return [
+        detail[key]
+        for key in ("array_name", "object_name", "start_index", "count")
+        if key in detail
+    ]
+
+
+def loop_variables(loop: dict[str, Any]) -> dict[str, str]:
+    detail = loop["loop_type"]["detail"]
+    names = (detail.get("item_name"), detail.get("index_name"))
+    return {name: "loop" for name in names if name}
+
+
+def symbol_table(template: dict[str, Any]) -> dict[str, str]:
+    """Every declared symbol of a template, with its kind."""
+    symbols: dict[str, str] = {}
+    for section, kind in (
+        ("parameters", "param"),
+        ("variables", "variable"),
+        ("resources", "resource"),
+        ("modules", "module"),
+    ):
+        symbols |= {name: kind for name in template.get(section) or {}}
+    return symbols
+
+
+def interpolations(text: str) -> list[str]:
+    """The expressions of a Bicep string's `${...}` parts (braces inside them balanced)."""
+    found = []
+    index = text.find("${")
+    while index != -1:
+        if index > 0 and text[index - 1] == "\\":  # an escaped, literal "${"
+            index = text.find("${", index + 2)
+            continue
+        depth, position, quote = 1, index + 2, False
+        while depth:
+            char = text[position]
+            if char == "'":
+                quote = not quote
+            elif not quote and char == "{":
+                depth += 1
+            elif not quote and char == "}":
+                depth -= 1
+            position += 1
+        found.append(text[index + 2 : position - 1])
+        index = text.find("${", position)
+    return found
+
+
+def parse_expression(expression: str) -> Any:
+    """A Bicep expression (an interpolation's inside), parsed the way pycep parses a value."""
+    return BicepParser().parse(text=f"var parsed = {expression}\n")["variables"]["parsed"]["value"]
+
+
+def chain_member(chain: Any) -> str | None:
+    """The first property name of the right-hand side of a parsed `a.b.c` (here `b`)."""
+    while isinstance(chain, dict) and isinstance(chain.get("operator"), dict):
+        chain = chain["operator"]["operands"]["operand_1"]
+    return chain if isinstance(chain, str) else None
+
+
+def runtime_reads(value: Any, symbols: dict[str, str], runtime: set[str]) -> list[str]:
+    """What a parsed expression reads that is only known once resources are deployed.
+
+    `runtime` holds the variables already known to read such a value. A plain string that names
+    a declared symbol is taken as a reference to it (pycep drops the quotes of string literals)."""
+
+    def reads(item: Any) -> list[str]:
+        return runtime_reads(item, symbols, runtime)
+
+    def member_chain(chain: Any) -> list[str]:
+        """Index expressions and instance function calls in the property names after a symbol."""
+        if not isinstance(chain, dict) or not isinstance(chain.get("operator"), dict):
+            return []
+        operator = chain["operator"]
+        operands = operator["operands"]
+        if operator["type"] == "function_accessor":
+            return [f".{operands['func_name']}()"]
+        if operator["type"] == "index_accessor":
+            return member_chain(operands["operand_1"]) + reads(operands["operand_2"])
+        return member_chain(operands["operand_1"]) + member_chain(operands["operand_2"])
+
+    if isinstance(value, str):
+        if IDENTIFIER.fullmatch(value):
+            return [f"{value} (a variable that reads a runtime value)"] if value in runtime else []
+        if value.startswith("{") and value.endswith("}"):
+            # pycep writes some loop sources as the repr of their parsed expression.
+            try:
+                parsed = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                return []
+            return reads(parsed)
+        return [
+            read
+            for expression in interpolations(value)
+            for read in reads(parse_expression(expression))
+        ]
+    if isinstance(value, list):
+        return [read for item in value for read in reads(item)]
+    if not isinstance(value, dict):
+        return []
+    if "loop_type" in value:
+        inner = {**symbols, **loop_variables(value)}
+        found = [read for source in loop_source(value) for read in reads(source)]
+        return found + runtime_reads([value.get("condition"), value.get("config")], inner, runtime)
+    function = value.get("function")
+    if isinstance(function, dict) and "type" in function:
+        name = function["type"]
+        if name == "reference" or name.startswith("list"):
+            return [f"{function.get('parameters', {}).get('func_name', name)}()"]
+        return reads(list((function.get("parameters") or {}).values()))
+    operator = value.get("operator")
+    if isinstance(operator, dict) and "type" in operator:
+        operands = operator["operands"]
+        if operator["type"] == "function_accessor":  # storage.listKeys(), vault.getSecret(...)
+            return [f"{chain_member(operands['operand_1'])}.{operands['func_name']}()"]
+        if operator["type"] == "property_accessor":
+            base, rest = operands["operand_1"], operands["operand_2"]
+            found = member_chain(rest)
+            if isinstance(base, dict) and base.get("operator", {}).get("type") == "index_accessor":
+                found += reads(base["operator"]["operands"]["operand_2"])  # collection[i].x
+                base = base["operator"]["operands"]["operand_1"]
+            member = chain_member(rest)
+            kind = symbols.get(base) if isinstance(base, str) else None
+            if kind == "resource" and member not in READABLE_AT_START:
+                return [f"{base}.{member}", *found]
+            if kind == "module" and member != "name":
+                return [f"{base}.{member}", *found]
+            return reads(base) + found
+        return reads(list(operands.values()))
+    # An object literal: its values, and its keys that are interpolated strings.
+    return reads([key for key in value if isinstance(key, str) and "${" in key]) + reads(
+        list(value.values())
+    )
+
+
+def runtime_variables(template: dict[str, Any]) -> dict[str, list[str]]:
+    """The variables that read a runtime value, directly or through another variable."""
+    symbols = symbol_table(template)
+    variables = template.get("variables") or {}
+    runtime: dict[str, list[str]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for name, variable in variables.items():
+            if name not in runtime:
+                found = runtime_reads(variable["value"], symbols, set(runtime))
+                if found:
+                    runtime[name] = found
+                    changed = True
+    return runtime
+
+
+def start_of_deployment_problems(template: dict[str, Any]) -> list[str]:
+    """Every position the deployment needs when it starts that reads a runtime value."""
+    symbols = symbol_table(template)
+    runtime_by_variable = runtime_variables(template)
+    runtime = set(runtime_by_variable)
+    problems: list[str] = []
+
+    def check(where: str, value: Any, scope: dict[str, str]) -> None:
+        for read in runtime_reads(value, scope, runtime):
+            variable = read.split(" ", 1)[0]
+            because = list(dict.fromkeys(runtime_by_variable.get(variable, [])))
+            problems.append(f"{where}: {read}" + (f", {', '.join(because)}" if because else ""))
+
+    def check_loops(where: str, value: Any, scope: dict[str, str]) -> None:
+        """The source of every for-expression in a parsed value."""
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                check_loops(f"{where}[{index}]", item, scope)
+        elif isinstance(value, dict):
+            if "loop_type" in value:
+                check(f"{where} (for-expression source)", loop_source(value), scope)
+                inner = {**scope, **loop_variables(value)}
+                check_loops(where, [value.get("condition"), value.get("config")], inner)
+                return
+            for key, item in value.items():
+                check_loops(f"{where}.{key}", item, scope)
+
+    for section, start_keys in (("resources", RESOURCE_START_KEYS), ("modules", MODULE_START_KEYS)):
+        for name, declaration in (template.get(section) or {}).items():
+            loop, condition, body = declaration_parts(declaration)
+            scope = dict(symbols)
+            if loop is not None:
+                check(f"{name} (for-expression source)", loop_source(loop), scope)
+                scope |= loop_variables(loop)
+            if condition is not None:
+                check(f"{name} (if condition)", condition, scope)
+            for key in sorted(start_keys & set(body)):
+                check(f"{name}.{key}", body[key], scope)
+            check_loops(name, body, scope)
+    for name, variable in (template.get("variables") or {}).items():
+        check_loops(f"variable {name}", variable["value"], symbols)
+    return problems
+
+
+# Site properties the Flex Consumption plan refuses ("The following list of ... site configuration
+# properties (Site.SiteConfig.FtpsState, ...) for Flex Consumption sites is invalid"): the
+# properties of "Flex Consumption plan deprecations" in the Azure Functions app settings reference,
+# in properties or properties.siteConfig of a Microsoft.Web/sites resource (compared ignoring case;
+# the page writes isReserved, ARM reserved).
+FLEX_REFUSED_SITE_PROPERTIES = {
+    "alwaysOn",
+    "containerSize",
+    "ftpsState",
+    "isReserved",
+    "reserved",
+    "isXenon",
+    "javaVersion",
+    "linuxFxVersion",
+    "netFrameworkVersion",
+    "powerShellVersion",
+    "functionAppScaleLimit",
+    "preWarmedInstanceCount",
+    "use32BitWorkerProcess",
+    "vnetBackupRestoreEnabled",
+    "vnetContentShareEnabled",
+    "vnetImagePullEnabled",
+    "vnetRouteAllEnabled",
+    "windowsFxVersion",
+}
+# App settings the same page lists as deprecated on Flex Consumption (replaced by functionAppConfig,
+# set by the platform, or not used).
+FLEX_DEPRECATED_APP_SETTINGS = {
+    "ENABLE_ORYX_BUILD",
+    "FUNCTIONS_EXTENSION_VERSION",
+    "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY",
+    "FUNCTIONS_WORKER_PROCESS_COUNT",
+    "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "WEBSITE_CONTENTOVERVNET",
+    "WEBSITE_CONTENTSHARE",
+    "WEBSITE_DNS_SERVER",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT",
+    "WEBSITE_NODE_DEFAULT_VERSION",
+    "WEBSITE_RUN_FROM_PACKAGE",
+    "WEBSITE_SKIP_CONTENTSHARE_VALIDATION",
+    "WEBSITE_VNET_ROUTE_ALL",
+}
+
+
+def flex_refused_site_properties(template: dict[str, Any]) -> list[str]:
+    """Every refused site property a Microsoft.Web/sites resource (or its `web` config) sets."""
+    refused = {name.lower() for name in FLEX_REFUSED_SITE_PROPERTIES}
+    found = []
+    for name, declaration in (template.get("resources") or {}).items():
+        if declaration["existing"]:
+            continue
+        _, _, body = declaration_parts(declaration)
+        places = []
+        if declaration["type"] == "Microsoft.Web/sites":
+            properties = body.get("properties") or {}
+            places = [
+                ("properties", properties),
+                ("properties.siteConfig", properties.get("siteConfig")),
+            ]
+        elif declaration["type"] == "Microsoft.Web/sites/config" and body.get("name") == "web":
+            places = [("properties", body.get("properties"))]
+        for where, block in places:
+            if isinstance(block, dict):
+                found += [f"{name}: {where}.{key}" for key in block if key.lower() in refused]
+    return found
+
+
 # --- parsing --------------------------------------------------------------------------------
 
 
@@ -388,6 +702,41 @@ def test_every_readme_setting_for_azure_is_set(templates):
             assert name in settings, f"README setting {name} is not set by the templates"
 
 
+def test_readme_settings_defaults_say_what_azure_deploys(templates):
+    """The Settings table's default is the code's; where Azure gets another: "Azure: `x`"."""
+    main = templates["main.bicep"]
+    service = resource_config(main["modules"]["functionApp"])["params"]["serviceSettings"]
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    compared = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        names, default = (column.strip() for column in line.split("|")[1:3])
+        name = names.strip("`")
+        value = service.get(name)
+        if isinstance(value, dict) and value.get("function", {}).get("type") == "string":
+            value = value["function"]["parameters"]["value_to_convert"]  # string(parameter)
+        parameter = main["parameters"].get(value) if isinstance(value, str) else None
+        if parameter is None or "default" not in parameter:
+            continue  # not a parameter of main.bicep (a Key Vault reference, an output, ...)
+        if default.startswith("`"):
+            code_default = default.split("`")[1]
+        elif default.startswith("empty"):
+            code_default = ""
+        else:
+            continue  # the run command's value (local), or none
+        deployed = parameter["default"]
+        deployed = str(deployed).lower() if isinstance(deployed, bool) else str(deployed)
+        compared[name] = (code_default, deployed)
+        if deployed == code_default:
+            assert "Azure:" not in default, name
+        else:
+            assert f"Azure: `{deployed}`" in default, f"{name}: Azure deploys {deployed!r}"
+    assert len(compared) > 20, "the table or main.bicep changed shape: the check compared little"
+    assert compared["RENEWAL_CONCURRENCY"] == ("32", "16")  # the check sees a real difference
+
+
 def test_local_only_settings_are_never_set(templates):
     settings = app_settings(templates)
     for name in NOT_SET_IN_AZURE:
@@ -480,6 +829,167 @@ def test_no_setting_or_output_holds_a_key_or_secret(templates):
     assert not references(service) & tainted_symbols(main)
 
 
+# --- what the deployment must know when it starts, and what Flex Consumption refuses ----------
+
+# The app settings and site config of infra/app/function-app.bicep before issue 14 (abridged,
+# the defective lines as they were): the compiler refuses its appSettings loop (BCP178), whose
+# source reads storage.properties and applicationInsights.properties, and Flex Consumption refuses
+# its ftpsState.
+OLD_FUNCTION_APP = """
+param name string
+param location string
+param identityClientId string
+param storageAccountName string
+param applicationInsightsName string
+param serviceSettings object
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+var platformSettings = {
+  AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  kind: 'functionapp,linux'
+  properties: {
+    httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      appSettings: [for setting in items(union(serviceSettings, platformSettings)): {
+        name: setting.key
+        value: setting.value
+      }]
+    }
+  }
+}
+"""
+
+
+def test_what_the_deployment_needs_at_its_start_reads_no_runtime_value(templates):
+    """Loop sources, names, locations, scopes, conditions: parameters and their variables only."""
+    problems = {name: start_of_deployment_problems(t) for name, t in templates.items()}
+    assert problems == {name: [] for name in templates}
+    # The app settings loop (its source is union(serviceSettings, platformSettings), see
+    # app_settings) now reads parameters only: the storage URIs are built from the account name
+    # and the cloud's storage suffix, the connection string is a parameter.
+    app = templates["app/function-app.bicep"]
+    assert runtime_variables(app) == {}
+    for kind in ("blob", "queue", "table"):
+        uri = app["variables"][f"{kind}ServiceUri"]["value"]
+        assert uri == f"https://${{storageAccountName}}.{kind}.${{environment().suffixes.storage}}/"
+        assert (
+            app_settings(templates)[f"AzureWebJobsStorage__{kind}ServiceUri"] == f"{kind}ServiceUri"
+        )
+
+
+def test_the_start_of_deployment_check_finds_the_old_app_settings_loop():
+    problems = start_of_deployment_problems(BicepParser().parse(text=OLD_FUNCTION_APP))
+    assert problems == [
+        "functionApp.properties.siteConfig.appSettings (for-expression source): platformSettings "
+        "(a variable that reads a runtime value), storage.properties, "
+        "applicationInsights.properties"
+    ]
+
+
+START_OF_DEPLOYMENT_CASES = {
+    # name: (Bicep, the problems expected)
+    "resource name from a runtime property": (
+        "resource st 'Microsoft.Storage/storageAccounts@2023-05-01' existing = { name: 'st1' }\n"
+        "resource c 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {\n"
+        "  name: '${st.properties.primaryEndpoints.blob}x'\n}\n",
+        ["c.name: st.properties"],
+    ),
+    "location from a module output": (
+        "module m 'm.bicep' = {\n  name: 'm'\n}\n"
+        "resource s 'Microsoft.Storage/storageAccounts@2023-05-01' = {\n"
+        "  name: 'st2'\n  location: m.outputs.location\n}\n",
+        ["s.location: m.outputs"],
+    ),
+    "module scope from reference()": (
+        "param id string\n"
+        "module m 'm.bicep' = {\n  name: 'm'\n"
+        "  scope: resourceGroup(reference(id, '2023-05-01').resourceGroup)\n}\n",
+        ["m.scope: reference()"],
+    ),
+    "condition on a runtime property": (
+        "resource st 'Microsoft.Storage/storageAccounts@2023-05-01' existing = { name: 'st1' }\n"
+        "module m 'm.bicep' = if (st.properties.isHnsEnabled) {\n  name: 'm'\n}\n",
+        ["m (if condition): st.properties"],
+    ),
+    "variable loop over list*()": (
+        "resource st 'Microsoft.Storage/storageAccounts@2023-05-01' existing = { name: 'st1' }\n"
+        "var keys = [for k in st.listKeys().keys: k.keyName]\n",
+        ["variable keys (for-expression source): st.listKeys()"],
+    ),
+    "resource loop over a variable built from a runtime property": (
+        "resource st 'Microsoft.Storage/storageAccounts@2023-05-01' existing = { name: 'st1' }\n"
+        "var rules = st.properties.networkAcls.ipRules\n"
+        "resource r 'Microsoft.Storage/storageAccounts@2023-05-01' = [for rule in rules: {\n"
+        "  name: rule.value\n}]\n",
+        ["r (for-expression source): rules (a variable that reads a runtime value), st.properties"],
+    ),
+    "what is known at the start": (
+        "param location string\nparam names array\n"
+        "resource st 'Microsoft.Storage/storageAccounts@2023-05-01' existing = { name: 'st1' }\n"
+        "module m 'm.bicep' = { name: 'm' }\n"
+        "var suffix = environment().suffixes.storage\n"
+        "var uri = 'https://${st.name}.blob.${suffix}/'\n"
+        "resource c 'Microsoft.Storage/storageAccounts@2023-05-01' = [for (n, i) in names: {\n"
+        "  name: '${take(uniqueString(st.id, m.name, uri), 8)}${i}'\n"
+        "  location: location\n  tags: { '${st.type}': st.apiVersion }\n"
+        "  properties: { a: st.properties.x, b: m.outputs.y }\n}]\n",
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", START_OF_DEPLOYMENT_CASES)
+def test_the_start_of_deployment_check_finds_each_kind_of_runtime_read(case):
+    bicep, expected = START_OF_DEPLOYMENT_CASES[case]
+    assert start_of_deployment_problems(BicepParser().parse(text=bicep)) == expected
+
+
+def test_no_site_property_that_flex_consumption_refuses(templates):
+    found = [
+        f"{name}: {p}" for name, t in templates.items() for p in flex_refused_site_properties(t)
+    ]
+    assert found == []
+    site = resource_config(templates["app/function-app.bicep"]["resources"]["functionApp"])
+    assert site["properties"]["siteConfig"], "the check would find nothing to look at"
+
+
+def test_the_flex_consumption_check_finds_the_old_ftps_state():
+    assert flex_refused_site_properties(BicepParser().parse(text=OLD_FUNCTION_APP)) == [
+        "functionApp: properties.siteConfig.ftpsState"
+    ]
+    web_config = (
+        "resource site 'Microsoft.Web/sites@2024-04-01' existing = { name: 'app' }\n"
+        "resource web 'Microsoft.Web/sites/config@2024-04-01' = {\n  parent: site\n  name: 'web'\n"
+        "  properties: { linuxFxVersion: 'Python|3.11', AlwaysOn: true, http20Enabled: true }\n}\n"
+    )
+    assert flex_refused_site_properties(BicepParser().parse(text=web_config)) == [
+        "web: properties.linuxFxVersion",
+        "web: properties.AlwaysOn",
+    ]
+
+
+def test_no_app_setting_that_flex_consumption_deprecates(templates):
+    settings = app_settings(templates)
+    assert not {name.upper() for name in settings} & FLEX_DEPRECATED_APP_SETTINGS
+
+
 # --- resources -------------------------------------------------------------------------------
 
 
@@ -491,7 +1001,7 @@ def test_function_app_runs_on_flex_consumption_with_its_identity(templates):
     properties = site["properties"]
     assert properties["httpsOnly"] is True
     assert properties["siteConfig"]["minTlsVersion"] == "1.2"
-    assert properties["siteConfig"]["ftpsState"] == "Disabled"
+    assert "ftpsState" not in properties["siteConfig"]  # refused by Flex Consumption (no FTP)
     config = properties["functionAppConfig"]
     assert config["runtime"] == {"name": "python", "version": "pythonVersion"}
     assert config["scaleAndConcurrency"] == {
@@ -500,6 +1010,7 @@ def test_function_app_runs_on_flex_consumption_with_its_identity(templates):
     }
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
+    assert storage["value"] == "${blobServiceUri}${deploymentContainerName}"
     assert storage["authentication"] == {
         "type": "UserAssignedIdentity",
         "userAssignedIdentityResourceId": "identityId",
@@ -512,12 +1023,16 @@ def test_function_app_runs_on_flex_consumption_with_its_identity(templates):
     assert params["maximumInstanceCount"] == "maximumInstanceCount"
     assert main["parameters"]["instanceMemoryMB"]["type"] == "int"
     assert main["parameters"]["maximumInstanceCount"]["type"] == "int"
+    # No basic-auth publishing, FTP or SCM; each policy with the location its schema asks for.
     policies = {
-        resource_config(r)["name"]: resource_config(r)["properties"]["allow"]
+        resource_config(r)["name"]: (resource_config(r)["properties"]["allow"], r["config"])
         for r in app["resources"].values()
         if r["type"] == "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
     }
-    assert policies == {"ftp": False, "scm": False}
+    assert set(policies) == {"ftp", "scm"}
+    for allow, body in policies.values():
+        assert allow is False
+        assert body["parent"] == "functionApp" and body["location"] == "location"
 
 
 def test_storage_takes_no_keys(templates):
@@ -583,6 +1098,17 @@ def test_application_insights_takes_entra_id_only(templates):
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == (
         "Authorization=AAD;ClientId=${identityClientId}"
     )
+    # The connection string comes in as a parameter (a module's parameters are known when its
+    # deployment starts, so the app settings loop may read it), from the monitoring module.
+    assert (
+        settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "applicationInsightsConnectionString"
+    )
+    params = resource_config(templates["main.bicep"]["modules"]["functionApp"])["params"]
+    assert params["applicationInsightsConnectionString"] == parse_expression(
+        "monitoring.outputs.applicationInsightsConnectionString"
+    )
+    output = monitoring["outputs"]["applicationInsightsConnectionString"]["value"]
+    assert output == parse_expression("applicationInsights.properties.ConnectionString")
 
 
 def test_outputs_give_the_operator_what_they_need(templates):

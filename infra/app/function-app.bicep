@@ -26,10 +26,10 @@ param storageAccountName string
 @description('Blob container that holds the deployment package.')
 param deploymentContainerName string
 
-@description('Name of the Application Insights resource.')
-param applicationInsightsName string
+@description('Connection string of Application Insights. It names the resource and its ingestion endpoint; with local authentication off it is no credential (telemetry needs the identity\'s Entra ID token).')
+param applicationInsightsConnectionString string
 
-@description('Python version of the Flex Consumption runtime.')
+@description('Python version of the Flex Consumption runtime. 3.11 is supported there until October 2027; the README says how to move to 3.12 or 3.13.')
 @allowed([
   '3.11'
 ])
@@ -51,23 +51,24 @@ param maximumInstanceCount int
 @description('The app settings the code reads (names as in the README "Settings" table), besides the ones for storage, identity and monitoring set here.')
 param serviceSettings object
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: storageAccountName
-}
-
-resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
-  name: applicationInsightsName
-}
+// The storage service endpoints, built from the account name and the cloud's storage suffix
+// (core.windows.net in Azure's public cloud). The app settings below are written by a `for` loop,
+// whose source must be known when the deployment starts (Bicep BCP178): parameters, variables built
+// from them, environment(), never what Azure returns for a resource (`storage.properties.*`) or a
+// module's outputs. tests/test_infra.py checks every such position.
+var blobServiceUri = 'https://${storageAccountName}.blob.${environment().suffixes.storage}/'
+var queueServiceUri = 'https://${storageAccountName}.queue.${environment().suffixes.storage}/'
+var tableServiceUri = 'https://${storageAccountName}.table.${environment().suffixes.storage}/'
 
 // Identity-based host storage, the identity the SDKs sign in with, and Entra ID telemetry.
 var platformSettings = {
-  AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
-  AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
-  AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
+  AzureWebJobsStorage__blobServiceUri: blobServiceUri
+  AzureWebJobsStorage__queueServiceUri: queueServiceUri
+  AzureWebJobsStorage__tableServiceUri: tableServiceUri
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
   AZURE_CLIENT_ID: identityClientId
-  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD;ClientId=${identityClientId}'
 }
 
@@ -104,10 +105,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     clientCertEnabled: false
     publicNetworkAccess: 'Enabled'
     keyVaultReferenceIdentity: identityId
+    // Nothing from the Flex Consumption list of refused site properties: no ftpsState (Flex
+    // Consumption has no FTP and refuses the property; basic-auth publishing is off below), no
+    // linuxFxVersion, alwaysOn, ... (tests/test_infra.py holds the list).
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       remoteDebuggingEnabled: false
       appSettings: [for setting in items(union(serviceSettings, platformSettings)): {
@@ -119,7 +122,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       deployment: {
         storage: {
           type: 'blobContainer'
-          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          value: '${blobServiceUri}${deploymentContainerName}'
           authentication: {
             type: 'UserAssignedIdentity'
             userAssignedIdentityResourceId: identityId
@@ -142,6 +145,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'ftp'
+  location: location
   properties: {
     allow: false
   }
@@ -150,6 +154,7 @@ resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
 resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'scm'
+  location: location
   properties: {
     allow: false
   }

@@ -14,7 +14,7 @@ param tags object
 @description('Purge protection: a deleted vault or secret cannot be purged before the retention period ends. Cannot be turned off once on.')
 param enablePurgeProtection bool
 
-@description('Days a deleted vault or secret stays recoverable.')
+@description('Days a deleted vault or secret stays recoverable. Fixed once the vault exists.')
 @minValue(7)
 @maxValue(90)
 param softDeleteRetentionInDays int
@@ -50,7 +50,7 @@ param graphClientSecretName string
 @secure()
 param graphClientSecret string
 
-@description('Expiry of the secrets this template writes (Unix time in seconds).')
+@description('Expiry date of the secrets this template writes (Unix time in seconds); informational, the secrets stay readable after it.')
 param secretExpiry int
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {

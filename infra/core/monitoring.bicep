@@ -50,3 +50,5 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' = {
 output workspaceId string = workspace.id
 output applicationInsightsId string = applicationInsights.id
 output applicationInsightsName string = applicationInsights.name
+// Names the resource and its ingestion endpoint; no credential, as local authentication is off.
+output applicationInsightsConnectionString string = applicationInsights.properties.ConnectionString
