@@ -1,6 +1,12 @@
 """The run command: Azurite, the stand-ins and the function app, until Ctrl-C.
 
 Run it through `scripts/run-local`, which installs what it needs first.
+
+Ctrl-C, SIGTERM or SIGHUP stop everything within `STOP_SECONDS`: the host takes nothing new and
+tells the app to shut down (SIGTERM, as the Functions host tells its worker), the invocations in
+flight get `GRACE_SECONDS` to end, then the stand-ins and Azurite stop. Killed outright, the run
+command leaves nothing behind either: Azurite dies with it, and the next start stops any Azurite
+an earlier run left serving the state folder.
 """
 
 import json
@@ -11,13 +17,16 @@ import signal
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
-from localrun.azurite import free_ports
+from localrun.azurite import clear_leftover, free_ports
 from localrun.host import STATE_DIR, LocalHost, serve
 from localrun.settings import PROJECT_ROOT
-from localrun.stack import LocalStack
+from localrun.stack import AZURITE_FOLDER, LocalStack
+
+log = logging.getLogger("localrun")
 
 AZURITE_PORTS = (10000, 10001, 10002)
 SERVICENOW_PORT_SETTING = "LOCAL_SERVICENOW_PORT"
@@ -27,6 +36,8 @@ DEMO_CLIENT_ID = "automate365-demo"
 DEMO_TENANT = "contoso"
 DEMO_QUERY = "variables.team_name=Marketing"
 DEMO_CATALOG_ITEM = "0c4fa3e1db2f4410a8e5d1f3f39619a1"  # the stand-in's "New Microsoft Team"
+STOP_SECONDS = 8.0  # from Ctrl-C to everything stopped
+GRACE_SECONDS = 5.0  # of those, for the invocations in flight to end
 
 
 def _free_or_default(ports: tuple[int, ...]) -> tuple[int, ...]:
@@ -210,7 +221,8 @@ def _banner(host: LocalHost, stack: LocalStack, demo: dict[str, str]) -> str:
         f"  Notice webhook     {stack.webhook.url}  (received: /_control/received)",
         f"  Event webhook      {stack.event_webhook.url}  (received: /_control/received)",
         f"  Microsoft Graph    {stack.graph.url}  (mails: /_control/mails)",
-        f"  Azurite (tables)   {stack.azurite.host}:{stack.azurite.table_port}",
+        f"  Azurite            {stack.azurite.host}  (blob {stack.azurite.blob_port}, "
+        f"queue {stack.azurite.queue_port}, table {stack.azurite.table_port})",
         "",
         "Functions:",
         *[f"  {line}" for line in host.describe()],
@@ -231,10 +243,12 @@ def main() -> int:
     )
     logging.getLogger("azure").setLevel(logging.WARNING)
     stop = threading.Event()
+    # Before the app is imported: the SIGTERM handler the app installs chains this one.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     servicenow_port = int(os.environ.get(SERVICENOW_PORT_SETTING) or DEFAULT_SERVICENOW_PORT)
     state_dir = os.environ.get(STATE_DIR_SETTING) or str(PROJECT_ROOT / STATE_DIR)
+    clear_leftover(Path(state_dir) / AZURITE_FOLDER)  # before its ports are judged busy
     stack = LocalStack(
         Path(state_dir),
         azurite_ports=_free_or_default(AZURITE_PORTS),
@@ -250,10 +264,21 @@ def main() -> int:
         stop.wait()
         print("\nStopping...", flush=True)
     finally:
-        if host is not None:
-            host.stop()
-        stack.stop()
+        deadline = time.monotonic() + STOP_SECONDS
+        unfinished = host.stop(GRACE_SECONDS) if host is not None else []
+        stack.stop(max(1.0, deadline - time.monotonic()))
+        if unfinished:
+            _end_now(unfinished)
     return 0
+
+
+def _end_now(unfinished: list[str]) -> None:
+    """Ends the process while invocations are still running, as the Functions host ends its
+    worker once the grace period is over (the interpreter's exit would wait for them)."""
+    log.warning("still running when the grace period ended, ended: %s", ", ".join(unfinished))
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,22 @@ Everything comes from the app's own registered functions: HTTP triggers at
 `/<routePrefix>/<route>` with their methods and auth levels, the admin call
 `POST /admin/functions/{name}` (master key) that runs a non-HTTP function now, timer triggers on
 their NCRONTAB schedules and queue triggers on Azure Storage queues.
+
+It stops as the Functions host does: no new request, message or occurrence, then the worker is
+told to shut down (SIGTERM, as the host signals its worker process; in the run command the
+worker is this process) and the invocations in flight get a grace period to end.
 """
 
 import contextlib
 import importlib
 import json
 import logging
+import os
 import re
+import signal
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 import weakref
@@ -82,7 +89,10 @@ class LocalHost:
         *,
         config: HostConfig | None = None,
         clock: Clock | None = None,
+        signal_worker: bool = False,
     ) -> None:
+        """`signal_worker`: this process is the app's worker, which `stop` sends SIGTERM (the run
+        command); a test session serving the app in-process is not."""
         self.settings = dict(settings)
         self.keys = keys
         self.config = config or HostConfig()
@@ -93,6 +103,7 @@ class LocalHost:
         self._admin_runners: dict[str, Callable[[str], None]] = {}
         self._admin_threads: list[threading.Thread] = []
         self._server: BackgroundServer | None = None
+        self._signal_worker = signal_worker
         for function in indexed_functions(app):
             self._register(function)
         self.http_functions.sort(key=lambda function: function.route.precedence)
@@ -172,17 +183,24 @@ class LocalHost:
             if thread.is_alive():
                 raise TimeoutError(f"admin run {thread.name} still running after {timeout}s")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        for listener in self.queues.values():
-            listener.stop(timeout)
-        for scheduler in self.timers.values():
-            scheduler.stop(timeout)
+    def stop(self, timeout: float = 10.0) -> list[str]:
+        """Takes no more requests, messages or occurrences, tells the worker to shut down, and
+        waits up to `timeout` seconds in all for the invocations in flight. Returns the threads
+        still running then (the Functions host would now end its worker)."""
+        deadline = time.monotonic() + timeout
         if self._server is not None:
             self._server.stop()
             self._server = None
-        for thread in self._admin_threads:
-            thread.join(timeout)
+        triggers = {**self.queues, **self.timers}  # by function name
+        for trigger in triggers.values():
+            trigger.request_stop()
+        if self._signal_worker:
+            os.kill(os.getpid(), signal.SIGTERM)
+        running = [*triggers.items(), *((thread.name, thread) for thread in self._admin_threads)]
+        for _, part in running:
+            part.join(max(0.0, deadline - time.monotonic()))
         self._admin_threads.clear()
+        return [name for name, part in running if part.is_alive()]
 
     def __enter__(self) -> "LocalHost":
         return self
@@ -426,14 +444,18 @@ def serve(
     port: int | None = None,
     defaults: Mapping[str, str] | None = None,
     triggers: bool = True,
+    signal_worker: bool = True,
 ) -> LocalHost:
     """Loads settings (environment, then local.settings.json, then `defaults`), puts them into
-    os.environ, imports the app and starts the host on `port` (else LOCAL_PORT, else 7071)."""
+    os.environ, imports the app and starts the host on `port` (else LOCAL_PORT, else 7071).
+    This process is the app's worker: `stop` sends it SIGTERM (see `LocalHost`)."""
     settings = load_settings(root, defaults=defaults)
     apply_to_environ(settings)
     keys = load_keys(settings, root / STATE_DIR)
     app = load_function_app(root)
     if port is None:
         port = int(settings.get(PORT_SETTING) or DEFAULT_PORT)
-    local_host = LocalHost(app, settings, keys, config=HostConfig.load(root))
+    local_host = LocalHost(
+        app, settings, keys, config=HostConfig.load(root), signal_worker=signal_worker
+    )
     return local_host.start(host, port, triggers=triggers)

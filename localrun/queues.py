@@ -88,10 +88,21 @@ class QueueListener:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
+        self.join(timeout)
+
+    def request_stop(self) -> None:
+        """Receives no more; the messages of the batch in hand that have not started are
+        released (visible again at once) for the next listener."""
         self._stopped.set()
+
+    def join(self, timeout: float) -> None:
+        """Waits up to `timeout` seconds for the listener thread (and the message it is on)."""
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def process_once(self) -> int:
         """Receives one batch and processes it; returns how many messages it held."""
@@ -107,7 +118,10 @@ class QueueListener:
         )
         for message in messages:
             try:
-                self._process(message)
+                if self._stopped.is_set():
+                    self._release(message)
+                else:
+                    self._process(message)
             except AzureError as exc:
                 log.warning(
                     "queue %s: message %s not settled: %s", self.queue_name, message.id, exc
@@ -136,6 +150,9 @@ class QueueListener:
             message.pop_receipt,
             visibility_timeout=_seconds(self.options.visibility_timeout),
         )
+
+    def _release(self, message: StorageQueueMessage) -> None:
+        self._queue.update_message(message.id, message.pop_receipt, visibility_timeout=0)
 
     def _move_to_poison(self, message: StorageQueueMessage) -> None:
         log.warning(

@@ -60,10 +60,11 @@ class BackgroundServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
+        if self._thread is not None:  # shutdown() waits for a serve_forever that never began
+            self._server.shutdown()
             self._thread.join(timeout=10)
+            self._thread = None
+        self._server.server_close()
 
     def __enter__(self) -> "BackgroundServer":
         return self.start()

@@ -52,11 +52,22 @@ class TimerScheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
+        self.join(timeout)
+
+    def request_stop(self) -> None:
+        """No further occurrence runs; a run in progress goes on (the host tells the function
+        to stop by other means)."""
         self._stopped.set()
         self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        """Waits up to `timeout` seconds for the scheduler thread (and the run it is in)."""
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def run_now(self) -> bool:
         """Runs the function once, after any run in progress; True if it succeeded."""
