@@ -13,6 +13,8 @@ SECRET_KINDS = {
     API_TOKEN: ("api_token",),
     OAUTH2: ("client_secret", "access_token", "refresh_token"),
 }
+# The kind the admin gives (the others are the tokens the instance issues).
+CREDENTIAL_KINDS = {API_TOKEN: "api_token", OAUTH2: "client_secret"}
 
 CONNECTED = "connected"
 EXPIRING = "expiring"

@@ -4,11 +4,13 @@
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.keyvault.secrets import SecretClient
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.keyvault.secrets import SecretClient, SecretProperties
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,22 @@ CONTENT_TYPES = {
 }
 
 PUSH_SECRET_CONTENT_TYPE = "application/vnd.automate365.trigger-push-secret"  # noqa: S105
+PUSH_SECRET = "push_secret"  # noqa: S105 -- the kind named in SecretMissing
+
+# Setting a name whose secret is deleted but recoverable (purge protection keeps it for its
+# retention period); and setting one whose recovery has not quite finished.
+DELETED_BUT_RECOVERABLE = "ObjectIsDeletedButRecoverable"
+BEING_RECOVERED = "ObjectIsBeingRecovered"
+RECOVERY_WAITS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries while a recovery completes
+
+
+class SecretMissing(Exception):
+    """Key Vault has no such secret or version: deleted or purged outside the service. Not a
+    passing fault: only writing the credential again brings it back."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"the stored {kind} is missing from Key Vault")
+        self.kind = kind
 
 
 def secret_name(connection_id: str, kind: str) -> str:
@@ -59,9 +77,15 @@ class _VersionCache:
 
 
 class SecretStore:
-    def __init__(self, client: SecretClient, cache_size: int = 20_000) -> None:
+    def __init__(
+        self,
+        client: SecretClient,
+        cache_size: int = 20_000,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client = client
         self._cache = _VersionCache(cache_size)
+        self._sleep = sleep
 
     def put(
         self,
@@ -77,8 +101,9 @@ class SecretStore:
         return self._put(name, value, CONTENT_TYPES[kind], tags, expires_on)
 
     def get(self, connection_id: str, kind: str, version: str | None) -> str:
-        """The given version (from memory once seen), or the latest when `version` is None."""
-        return self._get(secret_name(connection_id, kind), version)
+        """The given version (from memory once seen), or the latest when `version` is None.
+        SecretMissing when the vault has neither."""
+        return self._get(secret_name(connection_id, kind), version, kind)
 
     def purge(self, connection_id: str, kinds: list[str]) -> None:
         """Deletes and purges the given kinds, so their names can never be met again.
@@ -98,11 +123,28 @@ class SecretStore:
         return self._put(push_secret_name(trigger_id), value, PUSH_SECRET_CONTENT_TYPE, tags)
 
     def get_push_secret(self, trigger_id: str, version: str) -> str:
-        """That exact version (from memory once seen, so a warm worker does not call the vault)."""
-        return self._get(push_secret_name(trigger_id), version)
+        """That exact version (from memory once seen, so a warm worker does not call the vault).
+        SecretMissing when the vault does not have it."""
+        return self._get(push_secret_name(trigger_id), version, PUSH_SECRET)
 
     def purge_push_secret(self, trigger_id: str) -> None:
         self._purge(push_secret_name(trigger_id))
+
+    # -- the whole vault, a page at a time (the orphaned-secret cleanup) -----------------------
+
+    def page(
+        self, continuation: str | None, size: int = 25
+    ) -> tuple[list[SecretProperties], str | None]:
+        """One page of the vault's secrets (properties and tags only, never values), from
+        `continuation` (None: the first page); and where the next page starts (None: done)."""
+        listing = self._client.list_properties_of_secrets(max_page_size=size)
+        pages = listing.by_page(continuation_token=continuation)
+        items = list(next(pages, []))
+        return items, pages.continuation_token
+
+    def discard(self, name: str) -> None:
+        """Deletes (and purges, where the vault allows) a secret no record refers to."""
+        self._purge(name)
 
     # -- by name ------------------------------------------------------------------------------
 
@@ -114,20 +156,45 @@ class SecretStore:
         tags: dict[str, str],
         expires_on: datetime | None = None,
     ) -> str:
-        secret = self._client.set_secret(
-            name, value, content_type=content_type, tags=tags, expires_on=expires_on
-        )
+        """Sets a new version. A name deleted but kept recoverable (purge protection) is
+        recovered first: the name stays the connection's, and the new version is the one used."""
+        waits = iter(RECOVERY_WAITS)
+        while True:
+            try:
+                secret = self._client.set_secret(
+                    name, value, content_type=content_type, tags=tags, expires_on=expires_on
+                )
+                break
+            except HttpResponseError as exc:
+                wait = next(waits, None)
+                if exc.status_code != 409 or wait is None:
+                    raise
+                self._after_conflict(name, _inner_code(exc), wait)
         version = secret.properties.version or ""
         if version:
             self._cache.put((name, version), value)
         return version
 
-    def _get(self, name: str, version: str | None) -> str:
+    def _after_conflict(self, name: str, code: str, wait: float) -> None:
+        if code == DELETED_BUT_RECOVERABLE:
+            log.info("secret %s was deleted but is recoverable; recovering it", name)
+            # Purged, or recovered by another worker, since: set again all the same.
+            with contextlib.suppress(ResourceNotFoundError, ResourceExistsError):
+                self._client.begin_recover_deleted_secret(name).wait()
+        elif code == BEING_RECOVERED:
+            self._sleep(wait)
+        else:
+            raise ResourceExistsError(f"Key Vault refused to set {name}: conflict {code}")
+
+    def _get(self, name: str, version: str | None, kind: str) -> str:
         if version:
             cached = self._cache.get((name, version))
             if cached is not None:
                 return cached
-        secret = self._client.get_secret(name, version or None)
+        try:
+            secret = self._client.get_secret(name, version or None)
+        except ResourceNotFoundError:
+            raise SecretMissing(kind) from None
         value = secret.value or ""
         if secret.properties.version:
             self._cache.put((name, secret.properties.version), value)
@@ -147,3 +214,9 @@ class SecretStore:
             log.info("secret %s deleted; the vault keeps it until retention ends", name)
             return
         log.info("secret %s deleted and purged", name)
+
+
+def _inner_code(exc: HttpResponseError) -> str:
+    """Key Vault's `error.innererror.code`, which tells one 409 from another."""
+    inner = getattr(exc.error, "innererror", None) or {}
+    return str(inner.get("code", "")) if isinstance(inner, dict) else ""

@@ -1,8 +1,8 @@
 """What the Connections API does: plain functions that take their clients as parameters."""
 
+import contextlib
 import logging
 import random
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,13 +11,14 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from connections import errors
+from connections import errors, shutdown
 from connections.due_index import DueEntry, DueIndex, DueIndexBatch, entry_for
 from connections.errors import ApiError, FieldError
 from connections.lifecycle import OK, LifecycleSettings, Outcome, record_outcome
 from connections.model import (
     API_TOKEN,
     CONNECTED,
+    CREDENTIAL_KINDS,
     EXPIRED,
     EXPIRING,
     SECRET_KINDS,
@@ -26,7 +27,7 @@ from connections.model import (
     parse_time,
 )
 from connections.notices import NoticeQueue
-from connections.secrets import SecretStore
+from connections.secrets import SecretMissing, SecretStore
 from connections.store import ConnectionStore
 from connections.validation import ConnectionInput, validate_create, validate_patch
 from servicenow.client import (
@@ -42,6 +43,7 @@ from servicenow.outbound import OutboundPolicy
 log = logging.getLogger(__name__)
 
 NOTICE_RETRY = timedelta(minutes=1)
+MAX_NOTICE_RETRY = timedelta(minutes=15)
 
 
 def utc_now() -> datetime:
@@ -58,7 +60,9 @@ class Services:
     notices: NoticeQueue
     settings: LifecycleSettings = field(default_factory=LifecycleSettings)
     clock: Callable[[], datetime] = utc_now
-    sleep: Callable[[float], None] = time.sleep
+    # Waits end, and long work stops between steps, once the host asks the app to stop.
+    sleep: Callable[[float], object] = shutdown.sleep
+    stopping: Callable[[], bool] = shutdown.requested
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -125,10 +129,17 @@ def save(
     *,
     create: bool = False,
 ) -> Connection:
-    """Writes the record with its due-index entry, then sends the notices the record holds."""
+    """Writes the record with its due-index entry, then sends the notices the record holds.
+
+    A record that holds notices gets a second due entry first, a minute on: if the queue
+    refuses them (and storage then fails too), that visit sends them (`revisit_notices`)."""
+    notice_entry = _notice_entry(services, connection)
+    if notice_entry is not None:
+        services.due.put(notice_entry)
     _write_record(services, connection, previous_entry, previous_name, create=create)
-    if not flush_notices(services, connection):
-        _come_back_for_notices(services, connection)
+    if flush_notices(services, connection) and notice_entry is not None:
+        with contextlib.suppress(AzureError):  # if it stays, its visit finds nothing to do
+            services.due.remove(notice_entry)
     return connection
 
 
@@ -152,15 +163,27 @@ def _write_record(
         services.due.remove(previous_entry)
 
 
-def _come_back_for_notices(services: Services, connection: Connection) -> None:
-    """The queue refused the notices: make the record due soon, so a sweep sends them."""
-    previous = current_entry(connection)
-    connection.next_due_at = services.clock() + NOTICE_RETRY
-    connection.due_exact = False
-    try:
-        _write_record(services, connection, previous)
-    except (ApiError, AzureError):
-        log.warning("connection %s: notices kept in the record until its next visit", connection.id)
+def _notice_entry(services: Services, connection: Connection) -> DueEntry | None:
+    """When to try again the notices the record holds: a minute on, then as long again as they
+    have waited (1, 2, 4, 8 minutes...), at most every 15 minutes; None when it holds none."""
+    if not connection.pending_notices:
+        return None
+    now = services.clock()
+    oldest = min(
+        (parse_time(message["notice"].get("occurred_at")) or now)
+        for message in connection.pending_notices
+    )
+    wait = min(max(now - oldest, NOTICE_RETRY), MAX_NOTICE_RETRY)
+    return entry_for(connection.tenant_id, connection.id, now + wait, False)
+
+
+def revisit_notices(services: Services, connection: Connection) -> None:
+    """A visit to a record that still holds notices: sends them, or (the queue still refusing)
+    sets the next try."""
+    if not flush_notices(services, connection):
+        retry = _notice_entry(services, connection)
+        if retry is not None:
+            services.due.put(retry)
 
 
 def flush_notices(services: Services, connection: Connection) -> bool:
@@ -220,12 +243,15 @@ def _discard_secrets(services: Services, connection_id: str, kinds: list[str]) -
         )
 
 
-def _read_secrets(services: Services, connection: Connection, kinds: tuple[str, ...]) -> dict:
-    return {
-        kind: services.secrets.get(connection.id, kind, connection.secret_versions.get(kind))
-        for kind in kinds
-        if kind in connection.secret_versions
-    }
+def _stored_credential(services: Services, connection: Connection) -> dict[str, str]:
+    """The stored credential an update is proved with when it gives none. 400 on its field when
+    the vault no longer has it: the update must give it."""
+    kind = CREDENTIAL_KINDS[connection.method]
+    try:
+        return {kind: services.secrets.get(connection.id, kind, connection.secret_versions[kind])}
+    except SecretMissing as missing:
+        detail = f"{str(missing).capitalize()}: give it in this update to restore it."
+        raise errors.validation_error([FieldError(f"auth.{kind}", detail)]) from None
 
 
 # -- operations ---------------------------------------------------------------------------
@@ -305,8 +331,8 @@ def update_connection(
     previous_name, previous_method = connection.name, connection.method
     proof = None
     if result.needs_proof:
-        kinds = () if result.method_changed else SECRET_KINDS[connection.method]
-        secrets = {**_read_secrets(services, connection, kinds), **spec.secrets}
+        given = result.method_changed or CREDENTIAL_KINDS[connection.method] in spec.secrets
+        secrets = spec.secrets if given else _stored_credential(services, connection)
         proof = _prove_or_raise(services, spec.instance_url, spec.auth, secrets)
     token_expires_at = connection.auth.get("token_expires_at")
     expiry_changed = spec.auth.get("expires_at") != connection.auth.get("expires_at")

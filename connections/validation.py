@@ -89,8 +89,12 @@ def _holds_surrogate(document: Any) -> bool:
     return False
 
 
+def is_tenant_id(tenant_id: str) -> bool:
+    return bool(_TENANT_ID.fullmatch(tenant_id or ""))
+
+
 def check_tenant_id(tenant_id: str) -> str:
-    if not _TENANT_ID.fullmatch(tenant_id or ""):
+    if not is_tenant_id(tenant_id):
         detail = FieldError(
             "tenant_id",
             "Use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit.",

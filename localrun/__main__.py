@@ -23,6 +23,7 @@ from pathlib import Path
 
 from localrun.azurite import clear_leftover, free_ports
 from localrun.host import STATE_DIR, LocalHost, serve
+from localrun.keys import stored_values
 from localrun.settings import PROJECT_ROOT
 from localrun.stack import AZURITE_FOLDER, LocalStack
 
@@ -33,6 +34,7 @@ SERVICENOW_PORT_SETTING = "LOCAL_SERVICENOW_PORT"
 STATE_DIR_SETTING = "LOCAL_STATE_DIR"
 DEFAULT_SERVICENOW_PORT = 8081
 DEMO_CLIENT_ID = "automate365-demo"
+DEMO_FILE = "demo-credentials.json"
 DEMO_TENANT = "contoso"
 DEMO_QUERY = "variables.team_name=Marketing"
 DEMO_CATALOG_ITEM = "0c4fa3e1db2f4410a8e5d1f3f39619a1"  # the stand-in's "New Microsoft Team"
@@ -50,11 +52,14 @@ def _free_or_default(ports: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _seed_demo(stack: LocalStack) -> dict[str, str]:
-    """A demo OAuth client and API key in the ServiceNow stand-in, for the quick start."""
-    demo = {
-        "client_secret": secrets.token_urlsafe(18),
-        "api_token": "demo-" + secrets.token_urlsafe(18),
+    """A demo OAuth client and API key in the ServiceNow stand-in, for the quick start; the same
+    from one start to the next (kept in the state folder), as the connections made with them
+    and their secrets in the Key Vault stand-in are."""
+    generate = {
+        "client_secret": lambda: secrets.token_urlsafe(18),
+        "api_token": lambda: "demo-" + secrets.token_urlsafe(18),
     }
+    demo = stored_values(stack.state_dir / DEMO_FILE, generate)
     stack.servicenow.state.add_client(DEMO_CLIENT_ID, demo["client_secret"])
     stack.servicenow.state.add_api_key(demo["api_token"], name="demo")
     return demo

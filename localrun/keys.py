@@ -9,7 +9,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,19 +42,22 @@ def load_keys(settings: Mapping[str, str], state_dir: Path) -> Keys:
     master_key = settings.get(MASTER_KEY_SETTING)
     if function_key and master_key:
         return Keys(function_key, master_key)
-    stored = _stored_keys(state_dir / KEYS_FILE)
+    generate = {name: lambda: secrets.token_urlsafe(32) for name in ("function_key", "master_key")}
+    stored = stored_values(state_dir / KEYS_FILE, generate)
     return Keys(function_key or stored["function_key"], master_key or stored["master_key"])
 
 
-def _stored_keys(path: Path) -> dict[str, str]:
-    """The generated keys from `path`, generating and writing any that are missing."""
+def stored_values(path: Path, generate: Mapping[str, Callable[[], str]]) -> dict[str, str]:
+    """The values kept in `path` (a JSON file only the owner can read), generating and writing
+    any of `generate`'s names that are missing; so they stay the same from one start to the
+    next."""
     stored = _read_stored(path)
-    keys = dict(stored)
-    for name in ("function_key", "master_key"):
-        keys[name] = keys.get(name) or secrets.token_urlsafe(32)
-    if keys != stored:
-        _write_stored(path, keys)
-    return keys
+    values = dict(stored)
+    for name, make in generate.items():
+        values[name] = values.get(name) or make()
+    if values != stored:
+        _write_stored(path, values)
+    return values
 
 
 def _read_stored(path: Path) -> dict[str, str]:

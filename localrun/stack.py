@@ -20,6 +20,7 @@ from localrun.standins.servicenow import ServiceNowStandIn
 
 log = logging.getLogger(__name__)
 
+AZURITE_FOLDER = "azurite"  # in the state dir: Azurite's data, log and pid record
 GRAPH_TENANT_ID = "00000000-0000-4000-8000-00000000a365"
 GRAPH_CLIENT_ID = "automate365-notifier"
 GRAPH_SENDER = "automate365@contoso.example"
@@ -52,9 +53,11 @@ class LocalStack:
         self.cert_dir = self.state_dir / "tls"
         self._own_azurite = azurite is None
         ports = azurite_ports or tuple(free_ports(3))
-        self.azurite = azurite or Azurite(self.state_dir / "azurite", *ports)
+        self.azurite = azurite or Azurite(self.state_dir / AZURITE_FOLDER, *ports)
         self.identity = IdentityStandIn()
-        self.keyvault = KeyVaultStandIn(self.cert_dir, self.identity.issuer)
+        self.keyvault = KeyVaultStandIn(
+            self.cert_dir, self.identity.issuer, folder=self.state_dir / "keyvault"
+        )
         self.servicenow = ServiceNowStandIn(clock=clock)
         self._servicenow_port = servicenow_port
         self.webhook_secret = secrets.token_urlsafe(24)
@@ -78,7 +81,8 @@ class LocalStack:
         self.graph.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the stand-ins, then Azurite (killed if it has not ended within `timeout`)."""
         parts = (
             self.graph,
             self.event_webhook,
@@ -90,7 +94,7 @@ class LocalStack:
         for part in parts:
             part.stop()
         if self._own_azurite:
-            self.azurite.stop()
+            self.azurite.stop(timeout)
 
     def __enter__(self) -> "LocalStack":
         return self.start()

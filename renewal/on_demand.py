@@ -26,6 +26,7 @@ from connections.model import (
     format_time,
     parse_time,
 )
+from connections.secrets import SecretMissing
 from connections.service import Services, current_entry, save
 from renewal.worker import Busy, wait_for_release, work
 from servicenow.credentials import Credential, api_token_credential, bearer_credential
@@ -158,7 +159,12 @@ def _with_api_token(
 ) -> tuple[OutboundResponse, Credential]:
     connection = usage.connection
     version = connection.secret_versions.get("api_token")
-    token = services.secrets.get(connection.id, "api_token", version)
+    try:
+        token = services.secrets.get(connection.id, "api_token", version)
+    except SecretMissing as missing:  # the check records it (status and notice), then say why
+        usage.connection = check_rejected(services, connection) or connection
+        reason = unusable_reason(usage.connection, services.clock())
+        raise errors.connection_unusable(reason or f"{missing}.") from None
     auth = connection.auth
     credential = api_token_credential(token, auth["parameter_name"], auth["parameter_type"])
     response = send(credential)
@@ -176,9 +182,9 @@ def _with_oauth(
         if not token_usable(connection, services.clock()):
             raise _not_renewed(connection, services.clock())
     version = connection.secret_versions["access_token"]
-    credential = bearer_credential(services.secrets.get(connection.id, "access_token", version))
-    response = send(credential)
-    if response.status_code != 401:
+    credential = _bearer(services, connection.id, version)
+    response = send(credential) if credential else None  # a token gone from the vault: renew
+    if response is not None and response.status_code != 401:
         return response, credential
     renewed = _renew(services, usage, version, refused=True)
     new_version = renewed.secret_versions.get("access_token")
@@ -186,13 +192,23 @@ def _with_oauth(
         reason = unusable_reason(renewed, services.clock())
         if reason:
             raise errors.connection_unusable(reason)
+        if response is None:
+            raise _not_renewed(renewed, services.clock())
         return response, credential
     credential = bearer_credential(services.secrets.get(renewed.id, "access_token", new_version))
-    usage.retries += 1
+    usage.retries += response is not None
     response = send(credential)
     if response.status_code == 401:
         usage.connection = check_rejected(services, renewed) or renewed
     return response, credential
+
+
+def _bearer(services: Services, connection_id: str, version: str) -> Credential | None:
+    try:
+        return bearer_credential(services.secrets.get(connection_id, "access_token", version))
+    except SecretMissing:
+        log.warning("connection %s: access token missing from Key Vault", connection_id)
+        return None
 
 
 def _renew(

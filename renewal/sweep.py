@@ -10,6 +10,10 @@ is due now or a timed renewal comes before the window ends (sleeping until it). 
 renewed early in the run whose next renewal falls inside the window is so renewed again in the
 same run. The last seconds of the window are left to the next run, which starts about then:
 the host skips an occurrence that passes while a run of the same timer is still going.
+
+When the host asks the app to stop (`Services.stopping`), a run ends early: its wait for a timed
+renewal ends at once, it begins no more renewals, and those under way finish and are written.
+What it did not work keeps its entry in the due index, due, for the next run.
 """
 
 import dataclasses
@@ -27,7 +31,7 @@ from azure.core.exceptions import AzureError
 from connections.due_index import DueEntry, DueIndexBatch
 from connections.errors import ApiError
 from connections.model import format_time, parse_time
-from connections.service import Services, current_entry
+from connections.service import Services, current_entry, revisit_notices
 from renewal.worker import Busy, work
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,8 @@ def _work_entry(services: Services, entry: DueEntry) -> str:
         if current is not None:
             services.due.put(current)
         services.due.remove(entry)
+        if connection.pending_notices:  # a notice entry, or an old one that stayed
+            revisit_notices(services, connection)
         due = connection.next_due_at
         if due is None or due > services.clock():
             return "stale"
@@ -79,6 +85,8 @@ def _work_entry(services: Services, entry: DueEntry) -> str:
 
 
 def _work_safely(services: Services, entry: DueEntry) -> str:
+    if services.stopping():  # handed over but not begun when the app was asked to stop
+        return "stopped"
     try:
         return _work_entry(services, entry)
     except (ApiError, AzureError) as exc:
@@ -87,8 +95,10 @@ def _work_safely(services: Services, entry: DueEntry) -> str:
 
 
 def _sleep_until(services: Services, moment: datetime) -> None:
+    """Waits for a timed renewal; the wait ends early when the app is asked to stop."""
     seconds = (moment - services.clock()).total_seconds()
     if seconds > 0:
+        log.info("renewal sweep: waiting %.1f s for a timed renewal", seconds)
         services.sleep(seconds)
 
 
@@ -121,11 +131,16 @@ class _Workers:
         self.counts: Counter = Counter()
         self.failures: list[Exception] = []
 
-    def submit(self, entry: DueEntry) -> None:
+    def submit(self, entry: DueEntry) -> bool:
+        """Hands the entry to a worker once there is room; False, handing nothing, once the app
+        is asked to stop."""
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight < self._most)
+            if self._services.stopping():
+                return False
             self._in_flight += 1
         self._pool.submit(_work_safely, self._services, entry).add_done_callback(self._finished)
+        return True
 
     def _finished(self, future: Future) -> None:
         try:
@@ -156,7 +171,7 @@ def _sweep(services: Services, settings: SweepSettings) -> Counter:
     timed_waits = 0
     workers = _Workers(services, settings.concurrency)
     try:
-        while len(seen) < settings.limit:
+        while len(seen) < settings.limit and not services.stopping():
             # Read again each time: renewals just made, and records the API wrote meanwhile.
             # At most `limit` entries, the ones taken already (and still there) among them.
             try:
@@ -172,8 +187,9 @@ def _sweep(services: Services, settings: SweepSettings) -> Counter:
             timed = next((entry for entry in entries if entry.exact), None)
             if ready:
                 for entry in ready[: settings.limit - len(seen)]:
+                    if not workers.submit(entry):
+                        break
                     seen.add(entry.row_key)
-                    workers.submit(entry)
                 workers.wait_idle()
             elif timed is not None:
                 timed_waits += 1
@@ -189,9 +205,10 @@ def _sweep(services: Services, settings: SweepSettings) -> Counter:
         raise workers.failures[0]
     counts = workers.counts
     log.info(
-        "renewal sweep: %d due, %d waits for timed renewals; %s",
+        "renewal sweep: %d due, %d waits for timed renewals; %s%s",
         len(seen),
         timed_waits,
         ", ".join(f"{key}={value}" for key, value in sorted(counts.items())) or "nothing to do",
+        "; asked to stop, the rest stays due for the next run" if services.stopping() else "",
     )
     return counts

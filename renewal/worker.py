@@ -13,9 +13,11 @@ from typing import NamedTuple
 
 from azure.core.exceptions import AzureError
 
+from connections import shutdown
 from connections.errors import ApiError
 from connections.lifecycle import OK, REJECTED, TRANSIENT, Outcome, record_outcome
 from connections.model import API_TOKEN, Connection, format_time, parse_time
+from connections.secrets import SecretMissing
 from connections.service import Services, current_entry, flush_notices, save
 from servicenow.client import ApiTokenCredentials, Rejected, TokenGrant, Unreachable
 
@@ -87,12 +89,22 @@ def _store_tokens(services: Services, connection: Connection, grant: TokenGrant)
     return reused
 
 
+def _refresh_token(services: Services, connection: Connection) -> str | None:
+    if "refresh_token" not in connection.secret_versions:
+        return None
+    try:
+        return _secret(services, connection, "refresh_token", pinned=False)
+    except SecretMissing:
+        log.warning("connection %s: refresh token missing from Key Vault", connection.id)
+        return None
+
+
 def _exchange(services: Services, connection: Connection) -> TokenGrant:
     client = services.servicenow
     url, client_id = connection.instance_url, connection.auth["client_id"]
     client_secret = _secret(services, connection, "client_secret")
-    if "refresh_token" in connection.secret_versions:
-        refresh_token = _secret(services, connection, "refresh_token", pinned=False)
+    refresh_token = _refresh_token(services, connection)
+    if refresh_token is not None:
         try:
             return client.refresh(url, client_id, client_secret, refresh_token)
         except Rejected:
@@ -137,10 +149,24 @@ def _check_api_token(services: Services, connection: Connection) -> Outcome:
     return Outcome(OK, proof.detail)
 
 
+def missing_secret_outcome(connection: Connection, missing: SecretMissing) -> Outcome:
+    """A credential the vault no longer has is refused for good: only an edit brings it back."""
+    what = "API token" if missing.kind == "api_token" else missing.kind.replace("_", " ")
+    detail = (
+        f"The stored {what} is missing from Key Vault (deleted or purged outside the service). "
+        f"Edit the connection with the {what} (PATCH the connection) to restore it."
+    )
+    return Outcome(REJECTED, detail, "" if connection.method == API_TOKEN else "token")
+
+
 def _attempt(services: Services, connection: Connection, probe: bool) -> Attempt:
-    if connection.method == API_TOKEN:
-        return Attempt(_check_api_token(services, connection))
-    return _renew_oauth(services, connection, probe)
+    try:
+        if connection.method == API_TOKEN:
+            return Attempt(_check_api_token(services, connection))
+        return _renew_oauth(services, connection, probe)
+    except SecretMissing as missing:
+        log.warning("connection %s: %s", connection.id, missing)
+        return Attempt(missing_secret_outcome(connection, missing))
 
 
 def _release_after_fault(services: Services, connection: Connection, previous) -> None:
@@ -197,13 +223,15 @@ def wait_for_release(
     timeout: float = CHECK_WAIT_SECONDS,
 ) -> Connection:
     """The record once the worker holding its lease (in this process or another) has let go
-    (or the lease has run out), or as it is after `timeout` seconds if it still holds it.
+    (or the lease has run out), or as it is after `timeout` seconds if it still holds it, or
+    at once when the app is asked to stop.
 
     The lease holder works in real time, elsewhere: this polls on the wall clock, not on
     `services.clock`/`services.sleep` (which a test may drive)."""
     deadline = time.monotonic() + timeout
     connection = services.store.get(tenant_id, connection_id)
     while _leased_by_other(connection, "", services.clock()) and time.monotonic() < deadline:
-        time.sleep(CHECK_POLL_SECONDS)  # another process may hold the lease: poll the record
+        if shutdown.sleep(CHECK_POLL_SECONDS):  # another process may hold the lease: poll
+            break
         connection = services.store.get(tenant_id, connection_id)
     return connection

@@ -26,9 +26,10 @@ class RunCommand:
     """The run command on free ports with its state in `state_dir`. It runs in a session of its
     own (its process group is its pid) and dies with the test session."""
 
-    def __init__(self, state_dir: Path, stack) -> None:
+    def __init__(self, state_dir: Path, stack, ports: tuple[int, int] | None = None) -> None:
+        """`ports`: the app's and the ServiceNow stand-in's (default: free ones)."""
         self.state_dir = state_dir
-        self.port, self.servicenow_port = free_ports(2)
+        self.port, self.servicenow_port = ports or free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.servicenow_url = f"http://127.0.0.1:{self.servicenow_port}"
         self.banner = ""

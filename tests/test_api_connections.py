@@ -373,6 +373,37 @@ def test_changing_the_method_replaces_auth_and_purges_old_secrets(api, stack, te
     assert vault_secret(stack, secret_name(created["id"], "api_token")) is None
 
 
+def test_switching_the_method_back_and_forth_in_a_purge_protected_vault(api, stack, tenant):
+    """API token -> OAuth 2.0 -> API token within the retention period: each old secret is only
+    soft-deleted, so writing its name again recovers it first; the new version is the one used."""
+    assert stack.keyvault.store.purge_protection, "the stand-in's default, as infra deploys"
+    second_token = "api-token-second-" + uuid.uuid4().hex
+    api.extra_secrets = (second_token,)
+    created = create(api, tenant, api_token_body(stack))
+    path = f"{connections_path(tenant)}/{created['id']}"
+    api_token_name = secret_name(created["id"], "api_token")
+    to_oauth = {
+        "auth": {"method": "oauth2", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    }
+    for switch in (to_oauth, api_token_body(stack), to_oauth):
+        switched = api.call("PATCH", path, {"auth": switch.get("auth")})
+        assert switched.status_code == 200, switched.text
+        assert switched.json()["status"] == "connected"
+    assert vault_secret(stack, api_token_name) is None, "the API token is not readable"
+    assert vault_deleted(stack, api_token_name) is not None, "only kept, deleted"
+    stack.servicenow.state.revoke_api_key("test-key")  # only the new token works from now on
+    stack.servicenow.state.add_api_key(second_token, name="second-key")
+    back = api.call("PATCH", path, api_token_body(stack, token=second_token))
+    assert back.status_code == 200, back.text
+    assert back.json()["auth"]["method"] == "api_token"
+    assert vault_secret(stack, api_token_name)["value"] == second_token
+    assert api.call("POST", path + "/check").json()["status"] == "connected"
+    for kind in ("client_secret", "access_token"):
+        assert vault_secret(stack, secret_name(created["id"], kind)) is None
+    assert api.call("DELETE", path).status_code == 204
+    assert vault_secret(stack, api_token_name) is None
+
+
 def test_patch_unknown_connection_is_404(api, tenant):
     response = api.call("PATCH", f"{connections_path(tenant)}/{uuid.uuid4().hex}", {"name": "x"})
     assert response.status_code == 404
@@ -381,7 +412,13 @@ def test_patch_unknown_connection_is_404(api, tenant):
 # -- delete, check -------------------------------------------------------------------------
 
 
-def test_delete_removes_record_and_purges_secrets(api, stack, tenant):
+@pytest.mark.parametrize("purge_protection", [True, False], ids=["purge-protected", "purgeable"])
+def test_delete_removes_record_and_purges_secrets(
+    api, stack, tenant, monkeypatch, purge_protection
+):
+    """No credential stays readable; a purge-protected vault keeps them deleted (recoverable
+    only by an operator) until their retention ends, a purgeable one forgets them at once."""
+    monkeypatch.setattr(stack.keyvault.store, "purge_protection", purge_protection)
     created = create(api, tenant, oauth_body(stack))
     path = f"{connections_path(tenant)}/{created['id']}"
     assert api.call("DELETE", path).status_code == 204
@@ -389,7 +426,8 @@ def test_delete_removes_record_and_purges_secrets(api, stack, tenant):
     assert api.call("DELETE", path).status_code == 404
     for kind in ("client_secret", "access_token"):
         assert vault_secret(stack, secret_name(created["id"], kind)) is None
-        assert vault_deleted(stack, secret_name(created["id"], kind)) is None
+        kept = vault_deleted(stack, secret_name(created["id"], kind))
+        assert (kept is not None) == purge_protection
     # The name can be used again.
     create(api, tenant, oauth_body(stack))
 
@@ -460,7 +498,7 @@ def test_table_down_after_the_secret_was_written_purges_it(api, stack, tenant, m
     assert written
     with pytest.raises(ResourceNotFoundError):
         services.secrets._client.get_secret(secret_name(written[0], "api_token"))
-    assert vault_deleted(stack, secret_name(written[0], "api_token")) is None
+    assert vault_secret(stack, secret_name(written[0], "api_token")) is None
 
 
 def test_every_route_needs_the_function_key(api, tenant):

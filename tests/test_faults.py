@@ -17,13 +17,13 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ServiceRequestError
 from azure.data.tables import TableServiceClient
 from azure.keyvault.secrets import SecretClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
@@ -34,10 +34,11 @@ from connections.due_index import DueIndex
 from connections.lifecycle import LifecycleSettings
 from connections.model import parse_time
 from connections.notices import NoticeQueue
-from connections.secrets import SecretStore
+from connections.secrets import SecretStore, secret_name
 from connections.service import Services, current_entry
 from connections.store import ConnectionStore
 from localrun.azurite import Azurite, free_ports
+from proxy import api as proxy_api
 from renewal.sweep import SweepSettings, run_sweep
 from renewal.worker import take_lease
 from servicenow import client as servicenow
@@ -60,6 +61,7 @@ FAST = {
     "read_timeout": 5,
 }
 OAUTH = {"method": "oauth2", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+INCIDENTS = "api/now/table/incident?sysparm_limit=1"
 TOKEN = {"method": "api_token", "api_token": API_TOKEN}
 
 
@@ -109,10 +111,11 @@ class World:
         return self.api.call("GET", self.path()).json()["items"]
 
     def vault_secrets(self) -> list[str]:
-        """The names (never the values) of this tenant's secrets in the vault, live or deleted."""
+        """The names (never the values) of this tenant's readable secrets in the vault (a
+        deleted one stays recoverable, unreadable, while purge protection keeps it)."""
         store = self.stack.keyvault.store
         with store._lock:
-            found = [*store._live.values(), *store._deleted.values()]
+            found = list(store._live.values())
         return sorted(s.name for s in found if (s.latest.tags or {}).get("tenant") == self.tenant)
 
     def notices(self) -> list[dict]:
@@ -291,6 +294,64 @@ def test_storage_stopping_before_a_notice_is_queued_sends_it_once_later(world, m
     assert world.record(created["id"]).pending_notices == []
 
 
+def test_a_notice_queued_neither_at_once_nor_later_is_retried_with_backoff(world, monkeypatch):
+    """Storage stopped at the status change, so neither the notice nor the sweep's due-index
+    changes were written. Once it is back the next sweep sends the notice; while the queue still
+    refuses, the tries back off (1, 2, then 4 minutes after the change), and it goes out once."""
+    created = world.create(TOKEN)
+    notices = world.services.notices
+    real_send = notices.send
+    tries: list[float] = []
+    changed_at = world.clock.now() + timedelta(seconds=6 * 3600 + 1)
+
+    def storage_stops_then_send(message):
+        world.azurite.stop()
+        return real_send(message)
+
+    def refused_twice_then_send(message):
+        tries.append((world.clock.now() - changed_at).total_seconds() / 60)
+        if len(tries) <= 2:
+            raise ServiceRequestError("the queue is still refusing")
+        return real_send(message)
+
+    monkeypatch.setattr(notices, "send", storage_stops_then_send)
+    world.stack.servicenow.state.revoke_api_key("faults-key")
+    world.clock.advance(6 * 3600 + 1)
+    assert world.sweep() == {"invalid_credentials": 1}
+    world.azurite.start()
+    monkeypatch.setattr(notices, "send", refused_twice_then_send)
+    for _ in range(30):
+        world.clock.advance(60)
+        world.sweep()
+    assert tries == [1, 2, 4]
+    assert [notice["event"] for notice in world.notices()] == ["invalid_credentials"]
+    assert world.record(created["id"]).pending_notices == []
+
+
+def test_a_check_whose_notice_storage_refused_sends_it_a_minute_later(world, monkeypatch):
+    created = world.create(TOKEN)
+    notices = world.services.notices
+    real_send = notices.send
+
+    def storage_stops_then_send(message):
+        world.azurite.stop()
+        return real_send(message)
+
+    monkeypatch.setattr(notices, "send", storage_stops_then_send)
+    world.stack.servicenow.state.revoke_api_key("faults-key")
+    checked = world.api.call("POST", world.path(created["id"]) + "/check")
+    assert checked.json()["status"] == "invalid_credentials"
+    world.azurite.start()
+    monkeypatch.setattr(notices, "send", real_send)
+    world.clock.advance(61)
+    world.sweep()
+    assert [notice["event"] for notice in world.notices()] == ["invalid_credentials"]
+    for _ in range(5):
+        world.clock.advance(3600)
+        world.sweep()
+    assert len(world.notices()) == 1
+
+
 # -- Key Vault -----------------------------------------------------------------------------------
 
 
@@ -371,6 +432,127 @@ def test_key_vault_down_during_a_check_is_503_and_the_next_check_works(world):
     assert world.record(created["id"]).lease_owner == "", "the lease was let go"
     checked = world.api.call("POST", world.path(created["id"]) + "/check")
     assert checked.json()["status"] == "connected"
+
+
+# -- secrets gone from Key Vault behind the service's back ---------------------------------------
+
+
+@pytest.fixture
+def proxied(world) -> Iterator[Callable[[str], Any]]:
+    """GETs an incident list through the proxy with a connection (the proxy made anew on this
+    world's services)."""
+    proxy_api._proxy.cache_clear()
+
+    def get(connection_id: str):
+        return world.api.call("GET", world.path(connection_id) + "/servicenow/" + INCIDENTS)
+
+    yield get
+    proxy_api._proxy.cache_clear()
+
+
+def vanish(world: World, connection_id: str, kinds: tuple[str, ...], purge: bool) -> None:
+    """Deletes (and purges) the connection's secrets directly in the vault, as an operator
+    might; the app's workers start afresh (a restart), so none holds a value read before."""
+    store = world.stack.keyvault.store
+    for kind in kinds:
+        name = secret_name(connection_id, kind)
+        store.delete(name)
+        if purge:
+            store.purge_protection = False
+            try:
+                store.purge(name)
+            finally:
+                store.purge_protection = True
+    world.services.secrets = SecretStore(world.services.secrets._client)
+
+
+def sweeps_leave_the_vault_alone(world: World, minutes: int) -> None:
+    """A sweep a minute for `minutes`: nothing is due and nothing asks Key Vault again."""
+    gets = world.stack.keyvault.control.calls("get")
+    for _ in range(minutes):
+        world.clock.advance(60)
+        assert world.sweep() == {}
+    assert world.stack.keyvault.control.calls("get") == gets
+
+
+def test_oauth_secrets_purged_behind_the_service_s_back(world, proxied):
+    created = world.create(OAUTH)
+    vanish(world, created["id"], ("client_secret", "access_token"), purge=True)
+    world.clock.advance(25 * 60)
+    assert world.sweep() == {"renewal_failed": 1}
+    record = world.record(created["id"])
+    assert "client secret is missing from Key Vault" in record.status_detail
+    assert "PATCH" in record.status_detail
+    assert record.next_due_at >= world.clock.now() + timedelta(hours=1)
+    sweeps_leave_the_vault_alone(world, 60)
+    checked = world.api.call("POST", world.path(created["id"]) + "/check")
+    assert checked.status_code == 200
+    assert checked.json()["status"] == "renewal_failed"
+    refused = proxied(created["id"])
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "connection_unusable"
+    assert "missing from Key Vault" in refused.json()["error"]["message"]
+    assert [notice["event"] for notice in world.notices()] == ["renewal_failed"]
+    patch = {"auth": {"client_secret": CLIENT_SECRET}}
+    restored = world.api.call("PATCH", world.path(created["id"]), patch)
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["status"] == "connected"
+    assert proxied(created["id"]).status_code == 200
+    assert [notice["event"] for notice in world.notices()] == ["renewal_failed", "restored"]
+
+
+def test_an_api_token_deleted_behind_the_service_s_back(world, proxied):
+    """Deleted in a purge-protected vault: recoverable, but not readable. An update that needs
+    the token says so; one that gives it recovers the name and writes the new version."""
+    created = world.create(TOKEN)
+    vanish(world, created["id"], ("api_token",), purge=False)
+    elsewhere = world.stack.servicenow.url.replace("127.0.0.1", "localhost")
+    moved = world.api.call("PATCH", world.path(created["id"]), {"instance_url": elsewhere})
+    assert moved.status_code == 400, moved.text
+    assert moved.json()["error"]["details"][0]["field"] == "auth.api_token"
+    world.clock.advance(6 * 3600 + 1)
+    assert world.sweep() == {"invalid_credentials": 1}
+    assert "API token is missing from Key Vault" in world.record(created["id"]).status_detail
+    sweeps_leave_the_vault_alone(world, 60)
+    checked = world.api.call("POST", world.path(created["id"]) + "/check")
+    assert checked.json()["status"] == "invalid_credentials"
+    assert proxied(created["id"]).json()["error"]["code"] == "connection_unusable"
+    assert [notice["event"] for notice in world.notices()] == ["invalid_credentials"]
+    patch = {"auth": {"api_token": API_TOKEN}}
+    restored = world.api.call("PATCH", world.path(created["id"]), patch)
+    assert restored.json()["status"] == "connected"
+    assert world.stack.keyvault.store.get(secret_name(created["id"], "api_token"))["value"] == (
+        API_TOKEN
+    )
+    assert proxied(created["id"]).status_code == 200
+    assert [notice["event"] for notice in world.notices()] == ["invalid_credentials", "restored"]
+
+
+def test_the_proxy_is_first_to_find_the_api_token_gone(world, proxied):
+    created = world.create(TOKEN)
+    vanish(world, created["id"], ("api_token",), purge=True)
+    table_calls = world.stack.servicenow.state.stats()["table_calls"]
+    refused = proxied(created["id"])
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "connection_unusable"
+    assert world.record(created["id"]).status == "invalid_credentials"
+    assert [notice["event"] for notice in world.notices()] == ["invalid_credentials"]
+    assert world.stack.servicenow.state.stats()["table_calls"] == table_calls, "nothing sent"
+
+
+def test_key_vault_unavailable_during_a_sweep_stays_a_passing_fault(world):
+    created = world.create(TOKEN)
+    world.services.secrets = SecretStore(world.services.secrets._client)
+    world.stack.keyvault.control.fail(50, status=503)
+    world.clock.advance(6 * 3600 + 1)
+    assert world.sweep() == {"error": 1}
+    world.stack.keyvault.control.reset()
+    record = world.record(created["id"])
+    assert record.status == "connected"
+    assert record.next_due_at <= world.clock.now() + timedelta(minutes=1)
+    world.clock.advance(61)
+    assert world.sweep() == {"connected": 1}
+    assert world.notices() == []
 
 
 # -- Table Storage 500 and 412 -------------------------------------------------------------------

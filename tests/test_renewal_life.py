@@ -10,11 +10,17 @@ from datetime import timedelta
 import pytest
 from azure.core.exceptions import ServiceRequestError
 
-from connections.clients import DUE_TABLE, table_client
 from connections.model import parse_time
 from renewal.sweep import SweepSettings, run_sweep
-from tests.api_client import Api
-from tests.renewal_support import DrivenClock, drive_services
+from tests.renewal_support import (
+    DrivenClock,
+    assert_not_seen,
+    create,
+    deliver_notices,
+    events,
+    read,
+    start_life,
+)
 
 CLIENT_ID = "renewal-client"
 CLIENT_SECRET = "renewal-secret-" + uuid.uuid4().hex
@@ -31,63 +37,14 @@ def clock(stack) -> DrivenClock:
 def life(app_host, stack, clock, monkeypatch, caplog):
     """The app wired to the driven clock, a fresh ServiceNow stand-in and empty receivers."""
     caplog.set_level("INFO")
-    services = drive_services(clock, monkeypatch)
-    state = stack.servicenow.state
-    state.reset()
-    state.add_client(CLIENT_ID, CLIENT_SECRET)
-    state.add_api_key(API_TOKEN, name="renewal-key")
-    stack.webhook.reset()
-    stack.graph.reset()
-    app_host.queues["send_notice"]._queue.clear_messages()
-    _forget_other_tests_connections()
-    api = Api(app_host.url, app_host.keys.function_key)
+    services, api = start_life(app_host, stack, clock, monkeypatch, (CLIENT_ID, CLIENT_SECRET))
+    stack.servicenow.state.add_api_key(API_TOKEN, name="renewal-key")
     yield services, api
-    seen = api.seen_text() + caplog.text + json.dumps([d.body for d in stack.webhook.received])
-    seen += json.dumps([mail.body for mail in stack.graph.mails])
-    for secret in (CLIENT_SECRET, API_TOKEN):
-        assert secret not in seen
-
-
-def _forget_other_tests_connections() -> None:
-    """Empties the due index, so each life's sweeps see only the connections it creates."""
-    table = table_client(DUE_TABLE)
-    for entity in table.list_entities(select=["PartitionKey", "RowKey"]):
-        table.delete_entity(entity["PartitionKey"], entity["RowKey"])
-
-
-def deliver_notices(app_host) -> int:
-    """Runs the queue-triggered send_notice on everything queued so far."""
-    listener = app_host.queues["send_notice"]
-    delivered = 0
-    while count := listener.process_once():
-        delivered += count
-    return delivered
-
-
-def create(api: Api, stack, tenant: str, auth: dict, **extra) -> dict:
-    body = {
-        "type": "servicenow",
-        "name": f"Life {uuid.uuid4().hex[:6]}",
-        "instance_url": stack.servicenow.url,
-        "auth": auth,
-        "notify_emails": ["it-admins@contoso.example"],
-        **extra,
-    }
-    response = api.call("POST", f"/api/tenants/{tenant}/connections", body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def read(api: Api, tenant: str, connection_id: str) -> dict:
-    return api.call("GET", f"/api/tenants/{tenant}/connections/{connection_id}").json()
+    assert_not_seen(api, stack, caplog, CLIENT_SECRET, API_TOKEN)
 
 
 def seconds_between(first: str, second: str) -> float:
     return abs((parse_time(first) - parse_time(second)).total_seconds())
-
-
-def events(stack) -> list[str]:
-    return [delivery.body["event"] for delivery in stack.webhook.received]
 
 
 def assert_signed(stack, delivery) -> None:

@@ -3,9 +3,9 @@
 from types import SimpleNamespace
 
 import pytest
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-from connections.secrets import SecretStore, secret_name
+from connections.secrets import RECOVERY_WAITS, SecretMissing, SecretStore, secret_name
 
 
 class FakeVault:
@@ -65,3 +65,55 @@ def test_other_purge_failures_are_raised():
     vault = FakeVault(purge_status=500)
     with pytest.raises(HttpResponseError):
         SecretStore(vault).purge("c1", ["api_token"])
+
+
+class ConflictingVault(FakeVault):
+    """Sets answer these 409s (by inner code) first; recoveries are counted."""
+
+    def __init__(self, conflicts: list[str]) -> None:
+        super().__init__()
+        self.conflicts = conflicts
+        self.recovered: list[str] = []
+
+    def set_secret(self, name, value, **kwargs):
+        if self.conflicts:
+            error = ResourceExistsError(message="Conflict")
+            error.status_code = 409
+            error.error = SimpleNamespace(innererror={"code": self.conflicts.pop(0)})
+            raise error
+        return super().set_secret(name, value, **kwargs)
+
+    def begin_recover_deleted_secret(self, name):
+        self.recovered.append(name)
+        return SimpleNamespace(wait=lambda: None)
+
+
+def test_a_deleted_but_recoverable_name_is_recovered_then_written():
+    vault = ConflictingVault(["ObjectIsDeletedButRecoverable", "ObjectIsBeingRecovered"])
+    waits: list[float] = []
+    store = SecretStore(vault, sleep=waits.append)
+    version = store.put("contoso", "c1", "api_token", "new-token")
+    assert vault.recovered == [secret_name("c1", "api_token")]
+    assert waits == [RECOVERY_WAITS[1]], "waited once while the recovery completed"
+    assert vault.values[(secret_name("c1", "api_token"), version)] == "new-token"
+
+
+def test_a_conflict_that_does_not_clear_is_raised():
+    vault = ConflictingVault(["ObjectIsBeingRecovered"] * (len(RECOVERY_WAITS) + 1))
+    with pytest.raises(ResourceExistsError):
+        SecretStore(vault, sleep=lambda seconds: None).put("contoso", "c1", "api_token", "t")
+    other = ConflictingVault(["SomethingElse"])
+    with pytest.raises(ResourceExistsError):
+        SecretStore(other, sleep=lambda seconds: None).put("contoso", "c1", "api_token", "t")
+    assert other.recovered == []
+
+
+def test_a_secret_the_vault_no_longer_has_is_missing_not_a_fault():
+    class EmptyVault(FakeVault):
+        def get_secret(self, name, version=None):
+            raise ResourceNotFoundError(message="SecretNotFound")
+
+    with pytest.raises(SecretMissing) as missing:
+        SecretStore(EmptyVault()).get("c1", "client_secret", "v1")
+    assert missing.value.kind == "client_secret"
+    assert "missing from Key Vault" in str(missing.value)

@@ -185,7 +185,10 @@ def test_invalid_name_is_bad_parameter(client: SecretClient) -> None:
     assert refused.value.error.code == "BadParameter"
 
 
-def test_deleted_name_conflicts_until_purged(client: SecretClient, vault: KeyVaultStandIn) -> None:
+def test_deleted_name_conflicts_until_purged(
+    client: SecretClient, vault: KeyVaultStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vault.store, "purge_protection", False)
     client.set_secret("conn-3", "old")
     poller = client.begin_delete_secret("conn-3")
     deleted = poller.result()
@@ -207,6 +210,52 @@ def test_deleted_name_conflicts_until_purged(client: SecretClient, vault: KeyVau
     assert client.get_secret("conn-3").value == "new"
     assert len(list(client.list_properties_of_secret_versions("conn-3"))) == 1
     assert vault.control.calls("purge") == 1
+
+
+def test_purge_protection_keeps_a_deleted_secret_until_it_is_recovered(
+    client: SecretClient, vault: KeyVaultStandIn
+) -> None:
+    """The default, as `infra/` deploys it: the purge is refused with the service's 403, and a
+    set on the name is 409 ObjectIsDeletedButRecoverable until the secret is recovered."""
+    first = client.set_secret("conn-7", "first")
+    assert first.properties.recovery_level == "Recoverable"
+    client.begin_delete_secret("conn-7").wait()
+    with pytest.raises(HttpResponseError) as refused:
+        client.purge_deleted_secret("conn-7")
+    assert refused.value.status_code == 403
+    assert "purge protection is enabled" in str(refused.value.message)
+    with pytest.raises(ResourceExistsError) as conflict:
+        client.set_secret("conn-7", "second")
+    assert conflict.value.error.innererror == {"code": "ObjectIsDeletedButRecoverable"}
+    client.begin_recover_deleted_secret("conn-7").wait()
+    second = client.set_secret("conn-7", "second")
+    assert client.get_secret("conn-7").value == "second"
+    assert client.get_secret("conn-7", first.properties.version).value == "first"
+    assert second.properties.version != first.properties.version
+
+
+def test_secrets_kept_in_a_folder_survive_a_restart(
+    cert_folder: Path, identity: IdentityStandIn, bundle: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "keyvault"
+    with (
+        KeyVaultStandIn(cert_folder, identity.issuer, folder=folder) as first,
+        SecretClient(first.url, credential=DefaultAzureCredential()) as writer,
+    ):
+        kept = writer.set_secret("conn-8", "kept", tags={"connection": "8"})
+        writer.set_secret("conn-9", "deleted")
+        writer.begin_delete_secret("conn-9").wait()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert {path.stat().st_mode & 0o777 for path in folder.iterdir()} == {0o600}
+    with (
+        KeyVaultStandIn(cert_folder, identity.issuer, folder=folder) as second,
+        SecretClient(second.url, credential=DefaultAzureCredential()) as reader,
+    ):
+        again = reader.get_secret("conn-8", kept.properties.version)
+        assert (again.value, again.properties.tags) == ("kept", {"connection": "8"})
+        assert [d.name for d in reader.list_deleted_secrets()] == ["conn-9"]
+        reader.begin_recover_deleted_secret("conn-9").wait()
+        assert reader.get_secret("conn-9").value == "deleted"
 
 
 def test_recover_deleted_secret(client: SecretClient) -> None:

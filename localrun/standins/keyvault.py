@@ -4,6 +4,14 @@ The production `SecretClient(vault_url, credential=DefaultAzureCredential())` ta
 set, get (latest or a version), update properties, list secrets and versions (with `nextLink`
 paging), delete with soft delete, get and list deleted, purge and recover.
 
+Purge protection is on by default, as in the vaults `infra/` deploys: a purge is refused with the
+service's 403, a deleted secret stays recoverable (recovery level `Recoverable`), and its name
+cannot be written again until it is recovered (409 `ObjectIsDeletedButRecoverable`). Tests that
+need the purgeable kind set `store.purge_protection = False`.
+
+Given a journal file, every change is appended to it (owner-only permissions) and replayed on the
+next start, so the local run keeps its secrets across restarts, as a real vault would.
+
 Challenge authentication. A real vault at https://x.vault.azure.net answers a request without a
 valid bearer token with 401 and `WWW-Authenticate: Bearer authorization=
 "https://login.microsoftonline.com/<tenant>", resource="https://vault.azure.net"`. The SDK asks its
@@ -22,8 +30,10 @@ over HTTP without authentication:
 """
 
 import collections
+import dataclasses
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -43,7 +53,7 @@ from localrun.tls import server_context
 
 log = logging.getLogger(__name__)
 
-RECOVERY_LEVEL = "Recoverable+Purgeable"
+RECOVERY_LEVELS = {True: "Recoverable", False: "Recoverable+Purgeable"}  # by purge protection
 PAGE_SIZE = 25  # the service's default and largest page
 _NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 _API_VERSION = re.compile(r"^(7\.\d+(-preview(\.\d+)?)?|\d{4}-\d{2}-\d{2}(-preview)?)$")
@@ -164,13 +174,32 @@ def _parse_content_type(body: dict[str, Any]) -> str | None:
 class SecretStore:
     """The vault's secrets, with versions and soft delete. Thread-safe."""
 
-    def __init__(self, vault_url: str, clock: Clock, retention_days: int = 90) -> None:
+    def __init__(
+        self,
+        vault_url: str,
+        clock: Clock,
+        retention_days: int = 90,
+        folder: Path | None = None,
+        purge_protection: bool = True,
+    ) -> None:
         self.vault_url = vault_url
         self.retention_days = retention_days
+        self.purge_protection = purge_protection
         self._clock = clock
         self._lock = threading.Lock()
+        self._files = SecretFiles(folder) if folder else None
         self._live: dict[str, Secret] = {}
         self._deleted: dict[str, Secret] = {}
+        if self._files:
+            self._live, self._deleted = self._files.load()
+
+    def _keep(self, secret: Secret, deleted: bool = False) -> None:
+        if self._files:
+            self._files.save(secret, deleted)
+
+    def _drop(self, name: str) -> None:
+        if self._files:
+            self._files.remove(name)
 
     def _now(self) -> int:
         return int(self._clock.now().timestamp())
@@ -199,7 +228,7 @@ class SecretStore:
         attributes.update(
             created=version.created,
             updated=version.updated,
-            recoveryLevel=RECOVERY_LEVEL,
+            recoveryLevel=RECOVERY_LEVELS[self.purge_protection],
             recoverableDays=self.retention_days,
         )
         return attributes
@@ -258,9 +287,11 @@ class SecretStore:
                     f"Secret {name} is currently in a deleted but recoverable state, and its "
                     "name cannot be reused; in this state, the secret can only be recovered "
                     "or purged.",
+                    inner_code="ObjectIsDeletedButRecoverable",
                 )
             secret = self._live.setdefault(name.lower(), Secret(name=name, versions=[]))
             secret.versions.append(version)
+            self._keep(secret)
             return self._bundle(secret, version)
 
     def get(self, name: str, version: str = "") -> dict[str, Any]:
@@ -289,6 +320,7 @@ class SecretStore:
             found.not_before = attributes.get("nbf", found.not_before)
             found.expires = attributes.get("exp", found.expires)
             found.updated = self._now()
+            self._keep(secret)
             return self._bundle(secret, found, with_value=False)
 
     def list_secrets(self) -> list[dict[str, Any]]:
@@ -316,6 +348,7 @@ class SecretStore:
             secret.deleted_date = self._now()
             secret.scheduled_purge_date = secret.deleted_date + self.retention_days * 86400
             self._deleted[name.lower()] = secret
+            self._keep(secret, deleted=True)
             return self._deleted_bundle(secret)
 
     def get_deleted(self, name: str) -> dict[str, Any]:
@@ -337,8 +370,18 @@ class SecretStore:
 
     def purge(self, name: str) -> None:
         with self._lock:
-            if self._deleted.pop(name.lower(), None) is None:
+            if name.lower() not in self._deleted:
                 raise _deleted_not_found(name)
+            if self.purge_protection:
+                raise VaultError(
+                    403,
+                    "Forbidden",
+                    'Operation "purge" is not allowed because purge protection is enabled for '
+                    "this vault. Key Vault service will automatically purge it after the "
+                    "retention period has passed.",
+                )
+            del self._deleted[name.lower()]
+            self._drop(name)
 
     def recover(self, name: str) -> dict[str, Any]:
         with self._lock:
@@ -348,13 +391,54 @@ class SecretStore:
             if name.lower() in self._live:
                 raise VaultError(409, "Conflict", f"Secret {name} already exists")
             del self._deleted[name.lower()]
+            secret.deleted_date = secret.scheduled_purge_date = 0
             self._live[name.lower()] = secret
+            self._keep(secret)
             return self._bundle(secret, secret.latest, with_value=False)
 
     def clear(self) -> None:
         with self._lock:
+            for name in [*self._live, *self._deleted]:
+                self._drop(name)
             self._live.clear()
             self._deleted.clear()
+
+
+class SecretFiles:
+    """One JSON file per secret (its versions, and whether it is deleted) in a folder only the
+    owner can read; written whole on each change, atomically."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.folder.chmod(0o700)
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name.lower()}.json"  # names are [0-9a-zA-Z-] only
+
+    def save(self, secret: Secret, deleted: bool) -> None:
+        record = {"deleted": deleted, **dataclasses.asdict(secret)}
+        path = self._path(secret.name)
+        temporary = path.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(record, file)
+        os.replace(temporary, path)
+
+    def remove(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def load(self) -> tuple[dict[str, Secret], dict[str, Secret]]:
+        """(live, deleted) secrets by lower-case name."""
+        live: dict[str, Secret] = {}
+        deleted: dict[str, Secret] = {}
+        for path in sorted(self.folder.glob("*.json")):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            versions = [SecretVersion(**version) for version in record.pop("versions")]
+            is_deleted = record.pop("deleted")
+            secret = Secret(versions=versions, **record)
+            (deleted if is_deleted else live)[secret.name.lower()] = secret
+        return live, deleted
 
 
 @dataclass(frozen=True)
@@ -497,7 +581,9 @@ class KeyVaultStandIn(ServedStandIn):
         port: int = 0,
         clock: Clock | None = None,
         retention_days: int = 90,
+        folder: Path | None = None,
     ) -> None:
+        """`folder`: where the secrets are kept across restarts (none: in memory only)."""
         self.issuer = issuer
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.control = VaultControl()
@@ -506,7 +592,7 @@ class KeyVaultStandIn(ServedStandIn):
         )
         self.url = self._server.url
         self.resource = f"https://0.0.1:{self._server.port}"
-        self.store = SecretStore(self.url, clock or SystemClock(), retention_days)
+        self.store = SecretStore(self.url, clock or SystemClock(), retention_days, folder)
 
     def challenge_header(self) -> str:
         authority = f"https://login.microsoftonline.com/{self.tenant_id}"
@@ -579,17 +665,22 @@ class KeyVaultStandIn(ServedStandIn):
         raise AssertionError(f"unrouted operation {operation}")
 
     def _page(self, request: Request, items: list[dict[str, Any]]) -> Response:
+        """A page of `items` (sorted by id); `$skiptoken` names the last id already sent, so
+        items removed or added meanwhile do not shift the next pages."""
         size = _query_int(request, "maxresults", PAGE_SIZE, 1, PAGE_SIZE)
-        start = _query_int(request, "$skiptoken", 0, 0, len(items))
+        after = request.args.get("$skiptoken", "")
+        items = sorted(items, key=lambda item: item["id"].lower())
+        remaining = [item for item in items if item["id"].lower() > after.lower()]
+        page = remaining[:size]
         next_link = None
-        if start + size < len(items):
+        if len(remaining) > size:
             query = {
                 "api-version": request.args["api-version"],
-                "$skiptoken": start + size,
+                "$skiptoken": page[-1]["id"],
                 "maxresults": size,
             }
             next_link = f"{self.url}{request.path}?{urlencode(query)}"
-        return json_reply({"value": items[start : start + size], "nextLink": next_link})
+        return json_reply({"value": page, "nextLink": next_link})
 
     def _control_endpoint(self, request: Request) -> Response:
         action = request.path.removeprefix("/_control/").rstrip("/")
