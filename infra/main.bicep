@@ -180,6 +180,11 @@ param proxyMaxResponseBytes int = 20971520
 @maxValue(365)
 param proxyAuditDays int = 30
 
+@description('Pages of 25 secrets the orphaned-secret cleanup reads per run (every 15 minutes).')
+@minValue(1)
+@maxValue(400)
+param secretCleanupPages int = 20
+
 // --- Names -------------------------------------------------------------------------------------
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -313,6 +318,7 @@ module functionApp 'app/function-app.bicep' = {
       PROXY_TIMEOUT_SECONDS: string(proxyTimeoutSeconds)
       PROXY_MAX_RESPONSE_BYTES: string(proxyMaxResponseBytes)
       PROXY_AUDIT_DAYS: string(proxyAuditDays)
+      SECRET_CLEANUP_PAGES: string(secretCleanupPages)
       TRIGGER_SCHEDULE: triggerSchedule
       TRIGGER_TABLES: triggerTables
       TRIGGER_LOOKBACK_SECONDS: string(triggerLookbackSeconds)

@@ -125,6 +125,18 @@ class World:
     def sweep(self) -> dict:
         return dict(run_sweep(self.services, SWEEP))
 
+    def storage_stops_at_the_next_notice(self, monkeypatch) -> Callable[[dict], None]:
+        """Azurite stops just as the next notice is sent (which then fails); returns the real
+        send, to put back."""
+        real_send = self.services.notices.send
+
+        def storage_stops_then_send(message: dict) -> None:
+            self.azurite.stop()
+            real_send(message)
+
+        monkeypatch.setattr(self.services.notices, "send", storage_stops_then_send)
+        return real_send
+
 
 def _services(azurite: Azurite, stack: Any, clock: DrivenClock, suffix: str) -> Services:
     connection_string = azurite.connection_string
@@ -264,18 +276,11 @@ def test_storage_stopping_before_a_notice_is_queued_sends_it_once_later(world, m
     """The status changed and was saved, then storage stopped before the notice was queued: the
     notice stays in the record, goes out on the next visit with its id, and only once."""
     created = world.create(TOKEN)
-    notices = world.services.notices
-    real_send = notices.send
-
-    def storage_stops_then_send(message):
-        world.azurite.stop()
-        return real_send(message)
-
-    monkeypatch.setattr(notices, "send", storage_stops_then_send)
+    real_send = world.storage_stops_at_the_next_notice(monkeypatch)
     world.stack.servicenow.state.revoke_api_key("faults-key")
     world.clock.advance(6 * 3600 + 1)
     assert world.sweep() == {"invalid_credentials": 1}
-    monkeypatch.setattr(notices, "send", real_send)
+    monkeypatch.setattr(world.services.notices, "send", real_send)
     world.azurite.start()
     record = world.record(created["id"])
     assert record.status == "invalid_credentials"
@@ -299,14 +304,8 @@ def test_a_notice_queued_neither_at_once_nor_later_is_retried_with_backoff(world
     changes were written. Once it is back the next sweep sends the notice; while the queue still
     refuses, the tries back off (1, 2, then 4 minutes after the change), and it goes out once."""
     created = world.create(TOKEN)
-    notices = world.services.notices
-    real_send = notices.send
     tries: list[float] = []
     changed_at = world.clock.now() + timedelta(seconds=6 * 3600 + 1)
-
-    def storage_stops_then_send(message):
-        world.azurite.stop()
-        return real_send(message)
 
     def refused_twice_then_send(message):
         tries.append((world.clock.now() - changed_at).total_seconds() / 60)
@@ -314,12 +313,12 @@ def test_a_notice_queued_neither_at_once_nor_later_is_retried_with_backoff(world
             raise ServiceRequestError("the queue is still refusing")
         return real_send(message)
 
-    monkeypatch.setattr(notices, "send", storage_stops_then_send)
+    real_send = world.storage_stops_at_the_next_notice(monkeypatch)
     world.stack.servicenow.state.revoke_api_key("faults-key")
     world.clock.advance(6 * 3600 + 1)
     assert world.sweep() == {"invalid_credentials": 1}
     world.azurite.start()
-    monkeypatch.setattr(notices, "send", refused_twice_then_send)
+    monkeypatch.setattr(world.services.notices, "send", refused_twice_then_send)
     for _ in range(30):
         world.clock.advance(60)
         world.sweep()
@@ -330,19 +329,12 @@ def test_a_notice_queued_neither_at_once_nor_later_is_retried_with_backoff(world
 
 def test_a_check_whose_notice_storage_refused_sends_it_a_minute_later(world, monkeypatch):
     created = world.create(TOKEN)
-    notices = world.services.notices
-    real_send = notices.send
-
-    def storage_stops_then_send(message):
-        world.azurite.stop()
-        return real_send(message)
-
-    monkeypatch.setattr(notices, "send", storage_stops_then_send)
+    real_send = world.storage_stops_at_the_next_notice(monkeypatch)
     world.stack.servicenow.state.revoke_api_key("faults-key")
     checked = world.api.call("POST", world.path(created["id"]) + "/check")
     assert checked.json()["status"] == "invalid_credentials"
     world.azurite.start()
-    monkeypatch.setattr(notices, "send", real_send)
+    monkeypatch.setattr(world.services.notices, "send", real_send)
     world.clock.advance(61)
     world.sweep()
     assert [notice["event"] for notice in world.notices()] == ["invalid_credentials"]

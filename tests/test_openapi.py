@@ -14,6 +14,7 @@ from connections.catalogue import CONNECTION_TYPES
 from connections.http import error_response
 from connections.model import STATUSES, Connection
 from connections.openapi import (
+    API_TOKEN_CREATE,
     ERROR_CODES,
     MAX_PAGE_SIZE,
     STATUS_MEANINGS,
@@ -298,19 +299,7 @@ def request_schema(method: str, path: str, media_type: str = "application/json")
 
 
 def test_contract_request_bodies_validate():
-    create = {
-        "type": "servicenow",
-        "name": "Contoso ITSM",
-        "instance_url": "https://contoso.service-now.com",
-        "auth": {
-            "method": "api_token",
-            "api_token": "<secret>",
-            "parameter_name": "x-sn-apikey",
-            "parameter_type": "header",
-            "expires_at": "2027-03-01T00:00:00Z",
-        },
-        "notify_emails": ["it-admins@contoso.com"],
-    }
+    create = API_TOKEN_CREATE  # the contract's create, as the document's example shows it
     oauth = {**create, "auth": {"method": "oauth2", "client_id": "id", "client_secret": "s"}}
     rotate = {"auth": {"method": "api_token", "api_token": "<new>"}}
     assert validation_errors(request_schema("POST", MANY), create) == []

@@ -15,7 +15,7 @@ import pytest
 from azure.core.exceptions import AzureError, ServiceRequestError
 
 from tests.api_client import Api
-from tests.renewal_support import DrivenClock, drive_services
+from tests.renewal_support import DrivenClock, create, drive_services
 from tests.trigger_support import TriggerWorld, assert_exactly
 from triggers import poller
 from triggers.delivery import deliver
@@ -34,17 +34,7 @@ def clock(stack) -> DrivenClock:
 
 
 def _connection(app_host, stack, tenant: str, auth: dict) -> dict:
-    api = Api(app_host.url, app_host.keys.function_key)
-    body = {
-        "type": "servicenow",
-        "name": "Trigger faults " + uuid.uuid4().hex[:6],
-        "instance_url": stack.servicenow.url,
-        "auth": auth,
-        "notify_emails": ["it-admins@contoso.example"],
-    }
-    response = api.call("POST", f"/api/tenants/{tenant}/connections", body)
-    assert response.status_code == 201, response.text
-    return response.json()
+    return create(Api(app_host.url, app_host.keys.function_key), stack, tenant, auth)
 
 
 @pytest.fixture
