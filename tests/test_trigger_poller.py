@@ -3,6 +3,7 @@ record changed after `start_at` that is the latest when a poll reads it becomes 
 whatever the timestamps, the paging, the late commits or the faults. Each test asserts the exact
 list of event ids queued: none missing, none twice."""
 
+import dataclasses
 import logging
 import re
 import threading
@@ -192,6 +193,31 @@ def test_a_poll_killed_mid_page_loses_and_doubles_nothing(world, monkeypatch):
     world.advance(30)
     assert world.poll() == "busy"  # the dead poll's lease holds until it expires
     world.advance(poller.LEASE.total_seconds())
+    world.poll_until_caught_up()
+    assert_exactly(world, world.expected_ids([(sys_id, 0) for sys_id in created]))
+
+
+def test_a_poll_asked_to_stop_between_pages_goes_on_in_the_next_invocation(world, monkeypatch):
+    """The host shutting down: the poll reads no further page, keeps what it emitted, and the
+    next invocation carries on from there (none lost, none twice)."""
+    monkeypatch.setattr(poller, "PAGE_SIZE", 100)
+    world.create()
+    world.advance(1)
+    created = world.stack.servicenow.state.create_records(TABLE, count=250)
+    world.advance(2)
+    pages = []
+    real_read = poller._read_page
+
+    def counted(ts, scan):
+        pages.append(1)
+        return real_read(ts, scan)
+
+    monkeypatch.setattr(poller, "_read_page", counted)
+    services = dataclasses.replace(world.ts.services, stopping=lambda: len(pages) >= 1)
+    stopping_ts = dataclasses.replace(world.ts, services=services)
+    outcome = poller.poll(stopping_ts, world.trigger.tenant_id, world.trigger.id)
+    assert outcome == "more (100 events)"
+    assert len(pages) == 1
     world.poll_until_caught_up()
     assert_exactly(world, world.expected_ids([(sys_id, 0) for sys_id in created]))
 

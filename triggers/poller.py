@@ -218,7 +218,8 @@ def _poll(ts: TriggerServices, trigger: Trigger, now: datetime) -> str:
     scan = _start(ts, trigger, connection, now)
     stop: _Stop | None = None
     try:
-        while not scan.complete and scan.pages < MAX_PAGES:
+        # Asked to stop (the host shutting down): the scan goes on in the next invocation.
+        while not scan.complete and scan.pages < MAX_PAGES and not ts.services.stopping():
             _page(ts, scan)
     except _Stop as stopped:
         stop = stopped
