@@ -151,7 +151,10 @@ class _Workers:
         with self._idle:
             self.counts[outcome] += 1
             self._in_flight -= 1
-            self._idle.notify_all()
+            # The submitter wakes once half the room is free (and at 0, for `wait_idle`), not
+            # after every renewal: each wake costs it the GIL the workers need.
+            if self._in_flight <= self._most // 2:
+                self._idle.notify_all()
 
     def wait_idle(self) -> None:
         """Returns once everything submitted has finished (and written its due-index changes
