@@ -36,8 +36,9 @@ class SecretMissing(Exception):
     passing fault: only writing the credential again brings it back."""
 
     def __init__(self, kind: str) -> None:
-        super().__init__(f"the stored {kind} is missing from Key Vault")
-        self.kind = kind
+        what = "API token" if kind == "api_token" else kind.replace("_", " ")
+        super().__init__(f"The stored {what} is missing from Key Vault")
+        self.kind, self.what = kind, what
 
 
 def secret_name(connection_id: str, kind: str) -> str:

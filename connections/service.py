@@ -250,7 +250,7 @@ def _stored_credential(services: Services, connection: Connection) -> dict[str, 
     try:
         return {kind: services.secrets.get(connection.id, kind, connection.secret_versions[kind])}
     except SecretMissing as missing:
-        detail = f"{str(missing).capitalize()}: give it in this update to restore it."
+        detail = f"{missing}: give it in this update to restore it."
         raise errors.validation_error([FieldError(f"auth.{kind}", detail)]) from None
 
 

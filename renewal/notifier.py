@@ -377,45 +377,28 @@ def _trigger_name(notice: dict[str, Any]) -> str:
 
 
 def mail_text(notice: dict[str, Any]) -> str:
+    text = EVENT_TEXTS[notice["event"]]
+    about = f"connection '{notice['connection_name']}'"
+    status = notice["status"]
+    trigger_rows: list[str] = []
     if is_trigger_notice(notice):
-        return _trigger_mail_text(notice)
-    text = EVENT_TEXTS[notice["event"]]
-    return "\n".join(
-        [
-            f"Automate365 connection '{notice['connection_name']}': {text.title}.",
-            "",
-            f"Connection:    {notice['connection_name']}",
-            f"Instance:      {notice['instance_url']}",
-            f"Tenant:        {notice['tenant_id']}",
-            f"Connection ID: {notice['connection_id']}",
-            f"Event:         {notice['event']}",
-            f"Status:        {notice['status']}",
-            f"Detail:        {notice.get('detail') or '-'}",
-            f"When:          {notice['occurred_at']}",
-            "",
-            "What to do:",
-            text.what_to_do,
-            "",
-            f"Notice ID: {notice['notice_id']}",
-        ]
-    )
-
-
-def _trigger_mail_text(notice: dict[str, Any]) -> str:
-    text = EVENT_TEXTS[notice["event"]]
-    return "\n".join(
-        [
-            f"Automate365 trigger '{_trigger_name(notice)}' of connection "
-            f"'{notice['connection_name']}': {text.title}.",
-            "",
+        about = f"trigger '{_trigger_name(notice)}' of {about}"
+        trigger_rows = [
             f"Trigger:       {notice['trigger_name']}",
             f"Trigger ID:    {notice['trigger_id']}",
+        ]
+        status += " (the trigger's)"
+    return "\n".join(
+        [
+            f"Automate365 {about}: {text.title}.",
+            "",
+            *trigger_rows,
             f"Connection:    {notice['connection_name']}",
             f"Instance:      {notice['instance_url']}",
             f"Tenant:        {notice['tenant_id']}",
             f"Connection ID: {notice['connection_id']}",
             f"Event:         {notice['event']}",
-            f"Status:        {notice['status']} (the trigger's)",
+            f"Status:        {status}",
             f"Detail:        {notice.get('detail') or '-'}",
             f"When:          {notice['occurred_at']}",
             "",

@@ -196,7 +196,8 @@ def _with_oauth(
             raise _not_renewed(renewed, services.clock())
         return response, credential
     credential = bearer_credential(services.secrets.get(renewed.id, "access_token", new_version))
-    usage.retries += response is not None
+    if response is not None:
+        usage.retries += 1  # sent again after a 401
     response = send(credential)
     if response.status_code == 401:
         usage.connection = check_rejected(services, renewed) or renewed

@@ -149,12 +149,11 @@ def _check_api_token(services: Services, connection: Connection) -> Outcome:
     return Outcome(OK, proof.detail)
 
 
-def missing_secret_outcome(connection: Connection, missing: SecretMissing) -> Outcome:
+def _missing_secret_outcome(connection: Connection, missing: SecretMissing) -> Outcome:
     """A credential the vault no longer has is refused for good: only an edit brings it back."""
-    what = "API token" if missing.kind == "api_token" else missing.kind.replace("_", " ")
     detail = (
-        f"The stored {what} is missing from Key Vault (deleted or purged outside the service). "
-        f"Edit the connection with the {what} (PATCH the connection) to restore it."
+        f"{missing} (deleted or purged outside the service). "
+        f"Edit the connection with the {missing.what} (PATCH the connection) to restore it."
     )
     return Outcome(REJECTED, detail, "" if connection.method == API_TOKEN else "token")
 
@@ -166,7 +165,7 @@ def _attempt(services: Services, connection: Connection, probe: bool) -> Attempt
         return _renew_oauth(services, connection, probe)
     except SecretMissing as missing:
         log.warning("connection %s: %s", connection.id, missing)
-        return Attempt(missing_secret_outcome(connection, missing))
+        return Attempt(_missing_secret_outcome(connection, missing))
 
 
 def _release_after_fault(services: Services, connection: Connection, previous) -> None:
