@@ -14,7 +14,6 @@ ServiceNow are the session's stand-ins; nothing here talks to anything but loopb
 import contextlib
 import functools
 import json
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,6 +47,7 @@ from tests import leak_guard
 from tests.api_client import Api
 from tests.net_support import Reply, RogueInstance, chunked_reply, http_reply
 from tests.renewal_support import DrivenClock
+from tests.run_support import accepts
 
 CLIENT_ID = "faults-client"
 CLIENT_SECRET = "faults-client-secret-" + uuid.uuid4().hex
@@ -192,17 +192,8 @@ def world(own_azurite, app_host, stack, monkeypatch) -> Iterator[World]:
         "faults-" + suffix,
         queue,
     )
-    if not _accepts(own_azurite):
+    if not accepts(own_azurite.table_port):
         own_azurite.start()
-
-
-def _accepts(azurite: Azurite) -> bool:
-    with (
-        contextlib.suppress(OSError),
-        socket.create_connection(("127.0.0.1", azurite.table_port), 1),
-    ):
-        return True
-    return False
 
 
 def assert_service_unavailable(response) -> None:

@@ -6,16 +6,17 @@ where the contract says so, the same id and `seen` key twice); time is the drive
 """
 
 import logging
-import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 from azure.core.exceptions import AzureError, ServiceRequestError
 
 from tests.api_client import Api
 from tests.renewal_support import DrivenClock, create, drive_services
+from tests.run_support import accepts
 from tests.trigger_support import TriggerWorld, assert_exactly
 from triggers import poller
 from triggers.delivery import deliver
@@ -52,7 +53,7 @@ def world(app_host, stack, clock, monkeypatch, caplog) -> Iterator[TriggerWorld]
             stack, clock, _connection(app_host, stack, f"t{uuid.uuid4().hex[:10]}", auth)
         )
     finally:
-        if not _azurite_up(stack):
+        if not accepts(stack.azurite.table_port):
             stack.azurite.start()  # a test that failed while it was stopped
     assert API_TOKEN not in caplog.text and CLIENT_SECRET not in caplog.text
 
@@ -62,14 +63,6 @@ def oauth_world(world, app_host, stack) -> TriggerWorld:
     auth = {"method": "oauth2", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
     tenant = world.connection["tenant_id"]
     return TriggerWorld(stack, world.clock, _connection(app_host, stack, tenant, auth))
-
-
-def _azurite_up(stack) -> bool:
-    try:
-        socket.create_connection((stack.azurite.host, stack.azurite.table_port), 1).close()
-    except OSError:
-        return False
-    return True
 
 
 def all_ids(world: TriggerWorld, sys_ids: list[str], mod_count: int = 0) -> set[str]:
@@ -283,16 +276,25 @@ def test_429_storms_defer_both_triggers_of_the_connection_and_lose_nothing(world
 # -- late commits at the edge of the lookback ------------------------------------------------------
 
 
+def _a_change_held_back(world: TriggerWorld) -> tuple[datetime, str]:
+    """A trigger polled every 30 s, just polled; then a record changed now whose change is not
+    yet visible (a late commit). Returns the moment of the change and the record's sys_id."""
+    world.create(interval_seconds=30)
+    world.advance(1)
+    world.poll()
+    written = world.clock.now()
+    (late,) = world.stack.servicenow.state.create_records(
+        TABLE, sys_updated_on=sn_time(written), visible=False
+    )
+    return written, late
+
+
 def test_a_commit_visible_lookback_minus_one_seconds_late_is_caught(world):
     """A change that becomes visible TRIGGER_LOOKBACK_SECONDS - 1 s after its `sys_updated_on`,
     right after a poll has read (the worst moment), is read by the next poll, 30 s later."""
     state = world.stack.servicenow.state
     lookback = world.ts.settings.lookback_seconds
-    world.create(interval_seconds=30)
-    world.advance(1)
-    world.poll()
-    written = world.clock.now()
-    (late,) = state.create_records(TABLE, sys_updated_on=sn_time(written), visible=False)
+    written, late = _a_change_held_back(world)
     on_time = []
     # polls every 30 s, the last of them exactly lookback - 1 s after the late record's time
     first = (lookback - 1) % 30 or 30
@@ -320,11 +322,7 @@ def test_a_commit_visible_later_than_the_lookback_is_missed_until_the_record_cha
     record's next change is read as usual and becomes one event, `updated`."""
     state = world.stack.servicenow.state
     lookback = world.ts.settings.lookback_seconds
-    world.create(interval_seconds=30)
-    world.advance(1)
-    world.poll()
-    written = world.clock.now()
-    (late,) = state.create_records(TABLE, sys_updated_on=sn_time(written), visible=False)
+    written, late = _a_change_held_back(world)
     on_time = []
     while (world.clock.now() - written).total_seconds() < lookback + 30:
         world.advance(30)

@@ -15,7 +15,7 @@ import pytest
 
 from localrun.standins.servicenow_tables import INTEGRATION_USER
 from tests.api_client import Api
-from tests.renewal_support import DrivenClock, drive_services
+from tests.renewal_support import DrivenClock, create, drive_services
 from tests.trigger_support import TriggerWorld, assert_exactly
 from triggers import poller
 from triggers.model import ACTIVE, FAILING, WAITING
@@ -41,16 +41,8 @@ def world(app_host, stack, clock, monkeypatch, caplog) -> Iterator[TriggerWorld]
     drive_services(clock, monkeypatch)
     poller.KNOWN._items.clear()
     api = Api(app_host.url, app_host.keys.function_key)
-    body = {
-        "type": "servicenow",
-        "name": "Triggers " + uuid.uuid4().hex[:6],
-        "instance_url": stack.servicenow.url,
-        "auth": {"method": "api_token", "api_token": API_TOKEN},
-        "notify_emails": ["it-admins@contoso.example"],
-    }
-    response = api.call("POST", f"/api/tenants/t{uuid.uuid4().hex[:10]}/connections", body)
-    assert response.status_code == 201, response.text
-    yield TriggerWorld(stack, clock, response.json())
+    auth = {"method": "api_token", "api_token": API_TOKEN}
+    yield TriggerWorld(stack, clock, create(api, stack, f"t{uuid.uuid4().hex[:10]}", auth))
     assert API_TOKEN not in caplog.text
 
 
@@ -123,10 +115,7 @@ def test_ten_thousand_records_in_one_bulk_update(world):
 def test_records_changed_while_a_poll_pages_lose_nothing(world, monkeypatch):
     monkeypatch.setattr(poller, "PAGE_SIZE", 50)
     state = world.stack.servicenow.state
-    world.create()
-    world.advance(1)
-    created = state.create_records(TABLE, count=200)  # all in one second, read in sys_id order
-    world.advance(2)
+    created = world.records_after_start(200)  # all in one second, read in sys_id order
     real_read = poller._read_page
     read: list[str] = []
     changed: dict[str, list[str]] = {}
@@ -171,11 +160,7 @@ def test_late_commits_inside_the_lookback_are_caught(world):
 
 def test_a_poll_killed_mid_page_loses_and_doubles_nothing(world, monkeypatch):
     monkeypatch.setattr(poller, "PAGE_SIZE", 100)
-    state = world.stack.servicenow.state
-    world.create()
-    world.advance(1)
-    created = state.create_records(TABLE, count=350)
-    world.advance(2)
+    created = world.records_after_start(350)
     real_read = poller._read_page
     calls = []
 
@@ -201,10 +186,7 @@ def test_a_poll_asked_to_stop_between_pages_goes_on_in_the_next_invocation(world
     """The host shutting down: the poll reads no further page, keeps what it emitted, and the
     next invocation carries on from there (none lost, none twice)."""
     monkeypatch.setattr(poller, "PAGE_SIZE", 100)
-    world.create()
-    world.advance(1)
-    created = world.stack.servicenow.state.create_records(TABLE, count=250)
-    world.advance(2)
+    created = world.records_after_start(250)
     pages = []
     real_read = poller._read_page
 
@@ -222,12 +204,8 @@ def test_a_poll_asked_to_stop_between_pages_goes_on_in_the_next_invocation(world
     assert_exactly(world, world.expected_ids([(sys_id, 0) for sys_id in created]))
 
 
-def test_two_polls_started_at_once_emit_each_version_once(world):
-    state = world.stack.servicenow.state
-    world.create()
-    world.advance(1)
-    created = state.create_records(TABLE, count=300)
-    world.advance(2)
+def test_two_polls_started_at_once_emit_each_version_once(world, monkeypatch):
+    created = world.records_after_start(300)
     barrier = threading.Barrier(2)
     real_read = poller._read_page
 
@@ -236,23 +214,17 @@ def test_two_polls_started_at_once_emit_each_version_once(world):
             barrier.wait(10)
         return real_read(ts, scan)
 
-    poller_read = poller._read_page
-    try:
-        poller._read_page = together
-        with ThreadPoolExecutor(2) as pool:
-            outcomes = list(pool.map(lambda _: world.poll(fresh=True), range(2)))
-    finally:
-        poller._read_page = poller_read
+    monkeypatch.setattr(poller, "_read_page", together)
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda _: world.poll(fresh=True), range(2)))
+    monkeypatch.setattr(poller, "_read_page", real_read)
     assert sorted(outcome.split(" ")[0] for outcome in outcomes) == ["busy", "ok"]
     assert_exactly(world, world.expected_ids([(sys_id, 0) for sys_id in created]))
 
 
 def test_a_429_defers_the_connection_s_polls_and_loses_nothing(world):
     state = world.stack.servicenow.state
-    world.create()
-    world.advance(1)
-    created = state.create_records(TABLE, count=5)
-    world.advance(2)
+    created = world.records_after_start(5)
     state.fail_next(3, status=429, retry_after=90, scope="table")
     calls = len(state.requests())
     assert world.poll().startswith("deferred")
@@ -295,10 +267,7 @@ def test_an_acl_refusal_fails_the_trigger_once_and_it_recovers(world):
 
 def test_a_connection_that_stops_working_makes_the_trigger_wait_then_resume(world, app_host):
     state = world.stack.servicenow.state
-    world.create()
-    world.advance(1)
-    first = state.create_records(TABLE, count=2)
-    world.advance(2)
+    first = world.records_after_start(2)
     world.poll()
     state.revoke_api_key("poll-key")
     world.advance(1)
@@ -348,10 +317,7 @@ def oauth_world(world, app_host):
 def test_a_revoked_token_is_renewed_once_and_polling_goes_on(oauth_world):
     world = oauth_world
     state = world.stack.servicenow.state
-    world.create()
-    world.advance(1)
-    created = state.create_records(TABLE, count=4)
-    world.advance(2)
+    created = world.records_after_start(4)
     state.revoke_access_tokens(CLIENT_ID)
     grants = state.token_exchanges(CLIENT_ID)
     world.poll()
@@ -364,11 +330,7 @@ def test_storage_down_mid_poll_loses_and_doubles_nothing(world, monkeypatch):
     next poll queues them again with the same ids, and delivery drops the copies."""
     from azure.core.exceptions import ServiceRequestError
 
-    state = world.stack.servicenow.state
-    world.create()
-    world.advance(1)
-    created = state.create_records(TABLE, count=5)
-    world.advance(2)
+    created = world.records_after_start(5)
     real_record = world.ts.events.record
 
     def storage_down(*args, **kwargs):
@@ -439,11 +401,7 @@ def test_events_older_than_the_retention_are_pruned_by_a_poll_that_emits(world):
 def test_a_prune_that_meets_a_storage_fault_does_not_fail_the_poll(world, monkeypatch):
     from azure.core.exceptions import ServiceRequestError
 
-    state = world.stack.servicenow.state
-    world.create()
-    world.advance(1)
-    created = state.create_records(TABLE, count=2)
-    world.advance(2)
+    created = world.records_after_start(2)
 
     def storage_down(*args, **kwargs):
         raise ServiceRequestError("storage is down")

@@ -104,6 +104,15 @@ class TriggerWorld:
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
+    def records_after_start(self, count: int, table: str = "incident") -> list[str]:
+        """A trigger on `table` started now, then `count` new records a second later, the clock
+        left two seconds after them; returns their sys_ids."""
+        self.create(table)
+        self.advance(1)
+        created = self.stack.servicenow.state.create_records(table, count=count)
+        self.advance(2)
+        return created
+
     def use_fast_storage(self) -> None:
         """The trigger's table, its events and its queues through clients that fail fast (the
         connection's record is still read through the app's own client)."""
